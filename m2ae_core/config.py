@@ -1,0 +1,94 @@
+"""Model configuration: one frozen dataclass and a table of named presets (timm-style)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class M2AEConfig:
+    """Architecture of an M2AENet (a NAFNet U-Net with M2AS blocks on chosen encoder stages).
+
+    ``m2as_stages`` lists 0-based encoder stage indices whose blocks become M2AS blocks;
+    an empty tuple gives the plain NAFNet backbone.
+    """
+
+    width: int = 32
+    enc_blocks: tuple[int, ...] = (1, 1, 1, 28)
+    middle_blocks: int = 1
+    dec_blocks: tuple[int, ...] = (1, 1, 1, 1)
+    m2as_stages: tuple[int, ...] = (3,)
+    in_channels: int = 3
+    # Instants on the exposure trajectory sampled by the deformable conv (3x3 kernel: 9 taps).
+    trajectory_instants: int = 9
+    # Zero the trajectory outside the mask (a sharp pixel has no motion): DESIGN §3 default.
+    gate_trajectory: bool = True
+    name: str = field(default="custom", compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "enc_blocks", tuple(int(b) for b in self.enc_blocks))
+        object.__setattr__(self, "dec_blocks", tuple(int(b) for b in self.dec_blocks))
+        object.__setattr__(self, "m2as_stages", tuple(int(s) for s in self.m2as_stages))
+        if self.width < 4 or self.width % 4:
+            raise ConfigError(f"width must be a positive multiple of 4, got {self.width}")
+        if len(self.enc_blocks) != len(self.dec_blocks) or not self.enc_blocks:
+            raise ConfigError("enc_blocks and dec_blocks must be non-empty and of equal length")
+        for stage in self.m2as_stages:
+            if not 0 <= stage < len(self.enc_blocks) or self.enc_blocks[stage] < 1:
+                raise ConfigError(f"m2as stage {stage} is not an encoder stage with blocks")
+        if self.trajectory_instants != 9:
+            raise ConfigError("trajectory_instants must be 9 (one per tap of the 3x3 kernel)")
+
+    @property
+    def pad_multiple(self) -> int:
+        """Input sides are padded to a multiple of this (one halving per encoder stage)."""
+        return 2 ** len(self.enc_blocks)
+
+    @property
+    def has_m2as(self) -> bool:
+        return bool(self.m2as_stages)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "M2AEConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config fields {unknown}; known fields: {sorted(known)}")
+        return cls(**data)
+
+
+PRESETS: dict[str, M2AEConfig] = {
+    # The paper's model: NAFNet-w32 GoPro layout, M2AS on encoder stage 4 (index 3).
+    "paper": M2AEConfig(name="paper"),
+    # The plain backbone, the baseline of every comparison; NAFNet-GoPro checkpoints load 1:1.
+    "nafnet-w32": M2AEConfig(m2as_stages=(), name="nafnet-w32"),
+    # Small enough to train on a 2-core CPU; M2AS on the two lowest-resolution stages.
+    "small": M2AEConfig(width=16, enc_blocks=(1, 1, 2, 4), dec_blocks=(1, 1, 1, 1),
+                        m2as_stages=(2, 3), name="small"),
+    # Equal-budget dense baseline for "small" (the paper's ablation variant 1).
+    "nafnet-small": M2AEConfig(width=16, enc_blocks=(1, 1, 2, 4), dec_blocks=(1, 1, 1, 1),
+                               m2as_stages=(), name="nafnet-small"),
+}
+
+
+def get_config(preset: str | M2AEConfig = "paper", **overrides) -> M2AEConfig:
+    """Return the config of a named preset, with fields replaced by ``overrides``."""
+    if isinstance(preset, M2AEConfig):
+        base = preset
+    else:
+        try:
+            base = PRESETS[preset]
+        except KeyError:
+            raise ConfigError(
+                f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}") from None
+    if not overrides:
+        return base
+    try:
+        return dataclasses.replace(base, name=overrides.pop("name", "custom"), **overrides)
+    except TypeError as exc:
+        raise ConfigError(f"invalid override: {exc}") from None
