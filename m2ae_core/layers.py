@@ -1,0 +1,63 @@
+"""NAFNet building blocks (Chen et al. 2022), with NAFNet's parameter names."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class LayerNorm2d(nn.Module):
+    """Layer norm over the channel axis of an NCHW tensor (NAFNet's LayerNorm2d)."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(1, keepdim=True)
+        centred = x - mean
+        var = centred.pow(2).mean(1, keepdim=True)
+        normed = centred * torch.rsqrt(var + self.eps)
+        return normed * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+def simple_gate(x: torch.Tensor) -> torch.Tensor:
+    """NAFNet's SimpleGate: split channels in half and multiply the halves."""
+    a, b = x.chunk(2, dim=1)
+    return a * b
+
+
+class SimplifiedChannelAttention(nn.Sequential):
+    """Global average pool then 1x1 conv; indexed as ``sca.1`` like NAFNet."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, channels, 1))
+
+
+class NAFBlock(nn.Module):
+    """The plain NAFNet block: LN, 1x1, 3x3 depthwise, SG, SCA, 1x1; LN, 1x1, SG, 1x1."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        c, inner = channels, 2 * channels
+        self.norm1 = LayerNorm2d(c)
+        self.conv1 = nn.Conv2d(c, inner, 1)
+        self.conv2 = nn.Conv2d(inner, inner, 3, padding=1, groups=inner)
+        self.sca = SimplifiedChannelAttention(c)
+        self.conv3 = nn.Conv2d(c, c, 1)
+        self.norm2 = LayerNorm2d(c)
+        self.conv4 = nn.Conv2d(c, inner, 1)
+        self.conv5 = nn.Conv2d(c, c, 1)
+        self.beta = nn.Parameter(torch.zeros(1, c, 1, 1))
+        self.gamma = nn.Parameter(torch.zeros(1, c, 1, 1))
+
+    def spatial_mix(self, x: torch.Tensor) -> torch.Tensor:
+        """First half: returns the residual branch after SG and channel attention."""
+        f = simple_gate(self.conv2(self.conv1(self.norm1(x))))
+        return self.conv3(f * self.sca(f))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mid = x + self.beta * self.spatial_mix(x)
+        f = simple_gate(self.conv4(self.norm2(mid)))
+        return mid + self.gamma * self.conv5(f)

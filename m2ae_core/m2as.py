@@ -1,0 +1,149 @@
+"""M2AS stage: mask predictor, intra-motion analyzer and mask/motion-aware blocks (DESIGN §2)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .deform import MotionDeformConv, deform_conv_at
+from .layers import LayerNorm2d, SimplifiedChannelAttention, simple_gate
+from .masked_conv import PrunePlan, masked_conv_dense, masked_conv_pruned
+
+
+class MaskPredictor(nn.Module):
+    """Per-pixel blur logits (channel 0 = blurred) with half the features pooled globally."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        c = channels
+        self.mlp_in = nn.Sequential(nn.Conv2d(c, c, 1), nn.GELU(), LayerNorm2d(c), nn.Conv2d(c, c, 1))
+        self.mlp_out = nn.Sequential(nn.Conv2d(c, c // 2, 1), nn.GELU(),
+                                     nn.Conv2d(c // 2, c // 4, 1), nn.GELU(),
+                                     nn.Conv2d(c // 4, 2, 1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        z = self.mlp_in(features)
+        local, context = z.chunk(2, dim=1)
+        context = context.mean(dim=(2, 3), keepdim=True).expand_as(context)
+        return self.mlp_out(torch.cat((local, context), 1))
+
+
+class MotionAnalyzer(nn.Conv2d):
+    """3x3 conv C->4: start (dx, dy) and end (dx, dy) displacement; starts at zero motion."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, 4, 3, padding=1)
+        nn.init.zeros_(self.weight)
+        nn.init.zeros_(self.bias)
+
+
+@dataclass
+class StageOutput:
+    """What an M2AS stage decided, on its own grid (``scale`` input pixels per grid pixel)."""
+
+    stage: int
+    scale: int
+    logits: torch.Tensor  # [B,2,h,w]
+    probability: torch.Tensor  # [B,1,h,w], blur probability
+    mask: torch.Tensor  # [B,1,h,w], the mask used (float in training, bool in eval)
+    start: torch.Tensor  # [B,2,h,w], displacement at exposure start (gated if configured)
+    end: torch.Tensor  # [B,2,h,w]
+    masked_pixels: int = 0  # pixels of the grid through the mask-aware conv (pruned path)
+    dilated_pixels: int = 0
+
+
+class M2ASBlock(nn.Module):
+    """NAFNet block with a mask-aware first half and a motion-aware deformable second half."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        c, inner = channels, 2 * channels
+        self.norm1 = LayerNorm2d(c)
+        self.conv1 = nn.Conv2d(c, inner, 1)
+        self.conv2 = nn.Conv2d(inner, inner, 3, padding=1, groups=inner)
+        self.sca = SimplifiedChannelAttention(c)
+        self.conv3 = nn.Conv2d(c, c, 1)
+        self.norm2 = LayerNorm2d(c)
+        self.conv4 = nn.Conv2d(c, inner, 1)
+        self.dconv = MotionDeformConv(inner)
+        self.conv5 = nn.Conv2d(c, c, 1)
+        self.beta = nn.Parameter(torch.zeros(1, c, 1, 1))
+        self.gamma = nn.Parameter(torch.zeros(1, c, 1, 1))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, start: torch.Tensor,
+                end: torch.Tensor, plan: PrunePlan | None = None, gated: bool = True) -> torch.Tensor:
+        """``plan`` given: pruned evaluation (binary mask); otherwise the dense masked formula."""
+        f1 = self.norm1(x)
+        if plan is None:
+            f2 = masked_conv_dense(f1, mask, self.conv1, self.conv2)
+        else:
+            f2 = masked_conv_pruned(f1, plan, self.conv1, self.conv2)
+        f3 = simple_gate(f2)
+        mid = x + self.beta * self.conv3(f3 * self.sca(f3))
+        f4 = self.conv4(self.norm2(mid))
+        if plan is not None and gated:
+            f5 = self._deform_pruned(f4, plan, start, end)
+        else:
+            f5 = self.dconv(f4, start, end)
+        return mid + self.gamma * self.conv5(simple_gate(f5))
+
+    def _deform_pruned(self, f4, plan: PrunePlan, start, end) -> torch.Tensor:
+        # Gated trajectory: outside the mask every tap reads the pixel itself.
+        out = self.dconv.static(f4)
+        if plan.masked:
+            if plan.masked == plan.total:
+                return self.dconv(f4, start, end)
+            s = start[plan.item, :, plan.row, plan.col]
+            e = end[plan.item, :, plan.row, plan.col]
+            out[plan.item, :, plan.row, plan.col] = deform_conv_at(
+                f4, plan.item, plan.row, plan.col, s, e, self.dconv.weight, self.dconv.bias)
+        return out
+
+
+class M2ASStage(nn.Module):
+    """An encoder stage of M2AS blocks sharing one mask predictor and one motion analyzer.
+
+    Blocks are children "0", "1", ... so parameter names match NAFNet's ``encoders.{s}.{b}``.
+    """
+
+    def __init__(self, channels: int, blocks: int, stage: int, gate_trajectory: bool = True) -> None:
+        super().__init__()
+        self.stage = stage
+        self.gate_trajectory = gate_trajectory
+        self.num_blocks = blocks
+        for index in range(blocks):
+            self.add_module(str(index), M2ASBlock(channels))
+        self.mask_predictor = MaskPredictor(channels)
+        self.motion_analyzer = MotionAnalyzer(channels)
+
+    def blocks(self):
+        return [getattr(self, str(i)) for i in range(self.num_blocks)]
+
+    def forward(self, x: torch.Tensor, user_mask: torch.Tensor | None = None,
+                threshold: float = 0.5, pruned: bool = False) -> tuple[torch.Tensor, StageOutput]:
+        logits = self.mask_predictor(x)
+        probability = torch.softmax(logits, dim=1)[:, :1]
+        if user_mask is not None:
+            mask = user_mask if not self.training else user_mask.to(x.dtype)
+        elif self.training:
+            mask = F.gumbel_softmax(logits, tau=1.0, hard=True, dim=1)[:, :1]
+        else:
+            mask = probability > threshold
+        motion = self.motion_analyzer(x)
+        start, end = motion[:, :2], motion[:, 2:]
+        if self.gate_trajectory:
+            gate = mask.to(x.dtype)
+            start, end = start * gate, end * gate
+        plan = None
+        if pruned:
+            if self.training:
+                raise RuntimeError("pruned evaluation needs eval mode (a binary mask)")
+            plan = PrunePlan.from_mask(mask.bool())
+        for block in self.blocks():
+            x = block(x, mask, start, end, plan, self.gate_trajectory)
+        masked = plan.masked if plan else int(mask.bool().sum()) if not self.training else 0
+        dilated = plan.dilated if plan else masked
+        return x, StageOutput(self.stage, 2 ** self.stage, logits, probability, mask, start, end,
+                              masked, dilated)

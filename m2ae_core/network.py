@@ -1,0 +1,90 @@
+"""M2AENet: a NAFNet U-Net whose chosen encoder stages are M2AS stages (DESIGN §2)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import M2AEConfig, get_config
+from .layers import NAFBlock
+from .m2as import M2ASStage, StageOutput
+
+
+@dataclass
+class NetworkOutput:
+    image: torch.Tensor  # restored [B,3,H,W], same size as the input
+    stages: list[StageOutput] = field(default_factory=list)  # one per M2AS stage, shallow first
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int, value: float = 0.0) -> torch.Tensor:
+    """Zero-pad right and bottom so both sides are multiples of ``multiple``."""
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, (-w) % multiple, 0, (-h) % multiple), value=value)
+
+
+class M2AENet(nn.Module):
+    def __init__(self, config: M2AEConfig) -> None:
+        super().__init__()
+        self.config = config
+        width = config.width
+        self.intro = nn.Conv2d(config.in_channels, width, 3, padding=1)
+        self.ending = nn.Conv2d(width, config.in_channels, 3, padding=1)
+        self.encoders = nn.ModuleList()
+        self.downs = nn.ModuleList()
+        self.ups = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        channels = width
+        for stage, blocks in enumerate(config.enc_blocks):
+            if stage in config.m2as_stages:
+                self.encoders.append(M2ASStage(channels, blocks, stage, config.gate_trajectory))
+            else:
+                self.encoders.append(nn.Sequential(*[NAFBlock(channels) for _ in range(blocks)]))
+            self.downs.append(nn.Conv2d(channels, 2 * channels, 2, stride=2))
+            channels *= 2
+        self.middle_blks = nn.Sequential(*[NAFBlock(channels) for _ in range(config.middle_blocks)])
+        for blocks in reversed(config.dec_blocks):
+            self.ups.append(nn.Sequential(nn.Conv2d(channels, 2 * channels, 1, bias=False),
+                                          nn.PixelShuffle(2)))
+            channels //= 2
+            self.decoders.append(nn.Sequential(*[NAFBlock(channels) for _ in range(blocks)]))
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor | None = None,
+                threshold: float = 0.5, pruned: bool | None = None) -> NetworkOutput:
+        """Restore ``image`` [B,3,H,W] (0..1).
+
+        ``mask`` (bool [B,1,H,W] at input resolution) replaces the predicted blur mask.
+        ``pruned`` defaults to True in eval mode: the mask-aware conv runs on blurred pixels only.
+        """
+        if pruned is None:
+            pruned = not self.training
+        h, w = image.shape[-2:]
+        padded = pad_to_multiple(image, self.config.pad_multiple)
+        padded_mask = None
+        if mask is not None:
+            padded_mask = pad_to_multiple(mask.to(image.dtype), self.config.pad_multiple)
+        x = self.intro(padded)
+        skips, stages = [], []
+        for encoder, down in zip(self.encoders, self.downs):
+            if isinstance(encoder, M2ASStage):
+                stage_mask = None
+                if padded_mask is not None:
+                    scale = 2 ** encoder.stage
+                    stage_mask = F.max_pool2d(padded_mask, scale, scale) > 0.5
+                x, info = encoder(x, stage_mask, threshold, pruned)
+                stages.append(info)
+            else:
+                x = encoder(x)
+            skips.append(x)
+            x = down(x)
+        x = self.middle_blks(x)
+        for decoder, up, skip in zip(self.decoders, self.ups, reversed(skips)):
+            x = decoder(up(x) + skip)
+        x = self.ending(x) + padded
+        return NetworkOutput(x[..., :h, :w], stages)
+
+
+def build_model(preset: str | M2AEConfig = "paper", **overrides) -> M2AENet:
+    """Build an untrained model from a preset name (see ``PRESETS``) or a config."""
+    return M2AENet(get_config(preset, **overrides))

@@ -1,0 +1,204 @@
+"""Pixel-pruned evaluation must equal the dense masked formula (DESIGN §3)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import randomize_
+from m2ae_core import build_model
+from m2ae_core.deform import deform_conv_at, deform_conv_dense
+from m2ae_core.m2as import M2ASBlock
+from m2ae_core.masked_conv import PrunePlan, masked_conv_dense, masked_conv_pruned
+
+TOL = 1e-4
+
+
+def blob_mask(b, h, w, seed=0, fraction=0.15):
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.rand(b, 1, max(2, h // 4), max(2, w // 4), generator=gen)
+    smooth = F.interpolate(noise, size=(h, w), mode="bilinear", align_corners=False)
+    flat = smooth.flatten(1)
+    cut = flat.quantile(1 - fraction, dim=1).view(b, 1, 1, 1)
+    return smooth >= cut
+
+
+def masks_for(b, h, w):
+    gen = torch.Generator().manual_seed(1)
+    border = torch.zeros(b, 1, h, w, dtype=torch.bool)
+    border[:, :, 0, :] = True
+    border[:, :, :, -1] = True
+    border[:, :, h // 2, w // 2] = True
+    return {
+        "random": torch.rand(b, 1, h, w, generator=gen) > 0.7,
+        "blob": blob_mask(b, h, w),
+        "empty": torch.zeros(b, 1, h, w, dtype=torch.bool),
+        "full": torch.ones(b, 1, h, w, dtype=torch.bool),
+        "border": border,
+    }
+
+
+@pytest.mark.parametrize("kind", ["random", "blob", "empty", "full", "border"])
+@pytest.mark.parametrize("size", [(7, 9), (1, 5), (16, 16)])
+def test_masked_conv_pruned_equals_dense(kind, size):
+    torch.manual_seed(0)
+    block = randomize_(M2ASBlock(8))
+    f1 = torch.randn(2, 8, *size)
+    mask = masks_for(2, *size)[kind]
+    dense = masked_conv_dense(f1, mask, block.conv1, block.conv2)
+    pruned = masked_conv_pruned(f1, PrunePlan.from_mask(mask), block.conv1, block.conv2)
+    assert pruned.shape == dense.shape
+    assert (pruned - dense).abs().max() <= TOL
+
+
+def test_masked_conv_detects_a_skipped_or_misplaced_pixel():
+    """The comparison above is sensitive: dropping one mask pixel, or shifting the neighbour
+    lookup by one, changes the result far beyond the tolerance."""
+    torch.manual_seed(0)
+    block = randomize_(M2ASBlock(8))
+    f1 = torch.randn(1, 8, 11, 13)
+    mask = blob_mask(1, 11, 13)
+    dense = masked_conv_dense(f1, mask, block.conv1, block.conv2)
+
+    fewer = mask.clone()
+    fewer.view(-1)[fewer.flatten().nonzero()[0]] = False
+    skipped = masked_conv_pruned(f1, PrunePlan.from_mask(fewer), block.conv1, block.conv2)
+    assert (skipped - dense).abs().max() > 1e-2
+
+    interior = torch.zeros_like(mask)
+    interior[..., 3:7, 4:9] = True
+    dense = masked_conv_dense(f1, interior, block.conv1, block.conv2)
+    plan = PrunePlan.from_mask(interior)
+    plan.centre = plan.centre + 1  # every pixel reads its right-hand neighbourhood
+    shifted = masked_conv_pruned(f1, plan, block.conv1, block.conv2)
+    assert (shifted - dense).abs().max() > 1e-2
+
+
+def naive_deform(x, start, end, weight, bias):
+    """Per-pixel loop: tap n reads x bilinearly at z + o_n(z), zero outside."""
+    b, c, h, w = x.shape
+    out = torch.zeros_like(x)
+    for i in range(b):
+        for y in range(h):
+            for xx in range(w):
+                acc = bias.clone()
+                for n in range(9):
+                    s = 2 * n / 8 - 1
+                    o = (start[i, :, y, xx] + end[i, :, y, xx]) / 2 * s * s + (end[i, :, y, xx] - start[i, :, y, xx]) / 2 * s
+                    px, py = xx + float(o[0]), y + float(o[1])
+                    x0, y0 = int(torch.floor(torch.tensor(px))), int(torch.floor(torch.tensor(py)))
+                    val = torch.zeros(c)
+                    for dy in (0, 1):
+                        for dx in (0, 1):
+                            cx, cy = x0 + dx, y0 + dy
+                            wgt = (1 - abs(px - cx)) * (1 - abs(py - cy))
+                            if 0 <= cx < w and 0 <= cy < h:
+                                val += wgt * x[i, :, cy, cx]
+                    acc += weight[:, n] * val
+                out[i, :, y, xx] = acc
+    return out
+
+
+def test_deform_conv_matches_naive_loop():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 6)
+    start = torch.randn(2, 2, 5, 6) * 2
+    end = torch.randn(2, 2, 5, 6) * 2
+    weight, bias = torch.randn(3, 9), torch.randn(3)
+    reference = naive_deform(x, start, end, weight, bias)
+    assert (deform_conv_dense(x, start, end, weight, bias) - reference).abs().max() <= TOL
+    b_idx, ys, xs = torch.meshgrid(torch.arange(2), torch.arange(5), torch.arange(6), indexing="ij")
+    b_idx, ys, xs = b_idx.flatten(), ys.flatten(), xs.flatten()
+    at = deform_conv_at(x, b_idx, ys, xs, start[b_idx, :, ys, xs], end[b_idx, :, ys, xs], weight, bias)
+    assert (at - reference.permute(0, 2, 3, 1).reshape(-1, 3)).abs().max() <= TOL
+
+
+def test_deform_conv_with_zero_motion_reads_the_pixel_itself():
+    x = torch.randn(1, 4, 6, 7)
+    zero = torch.zeros(1, 2, 6, 7)
+    weight, bias = torch.randn(4, 9), torch.randn(4)
+    expected = x * weight.sum(1).view(1, 4, 1, 1) + bias.view(1, 4, 1, 1)
+    assert (deform_conv_dense(x, zero, zero, weight, bias) - expected).abs().max() <= TOL
+
+
+def _eval_model(preset, seed=0, **overrides):
+    return randomize_(build_model(preset, **overrides), seed=seed).eval()
+
+
+@pytest.mark.parametrize("size", [(37, 53), (16, 16), (1, 1), (33, 17)])
+def test_network_pruned_equals_dense_with_predicted_masks(size):
+    model = _eval_model("small", width=8)
+    x = torch.rand(1, 3, *size)
+    with torch.no_grad():
+        pruned = model(x, pruned=True)
+        dense = model(x, pruned=False)
+    assert (pruned.image - dense.image).abs().max() <= TOL
+    for p, d in zip(pruned.stages, dense.stages):
+        assert torch.equal(p.mask, d.mask)
+
+
+@pytest.mark.parametrize("kind", ["random", "blob", "empty", "full", "border"])
+def test_network_pruned_equals_dense_with_user_masks(kind):
+    model = _eval_model("small", width=8, gate_trajectory=kind != "border")
+    x = torch.rand(2, 3, 29, 35)
+    mask = masks_for(2, 29, 35)[kind]
+    with torch.no_grad():
+        pruned = model(x, mask=mask, pruned=True)
+        dense = model(x, mask=mask, pruned=False)
+    assert (pruned.image - dense.image).abs().max() <= TOL
+
+
+def test_batch_items_with_different_masks_are_independent():
+    model = _eval_model("small", width=8)
+    x = torch.rand(2, 3, 24, 40)
+    mask = torch.zeros(2, 1, 24, 40, dtype=torch.bool)
+    mask[0, :, :10, :12] = True
+    mask[1, :, 14:, 25:] = True
+    with torch.no_grad():
+        both = model(x, mask=mask).image
+        first = model(x[:1], mask=mask[:1]).image
+        second = model(x[1:], mask=mask[1:]).image
+        dense = model(x, mask=mask, pruned=False).image
+    assert (both - dense).abs().max() <= TOL
+    assert (both[:1] - first).abs().max() <= TOL
+    assert (both[1:] - second).abs().max() <= TOL
+
+
+def test_perturbed_mask_changes_the_output():
+    """Guard against a pruned path that ignores the mask: a different mask, different result."""
+    model = _eval_model("small", width=8)
+    x = torch.rand(1, 3, 32, 32)
+    mask = blob_mask(1, 32, 32)
+    other = mask.clone()
+    other[..., :8, :8] = ~other[..., :8, :8]
+    with torch.no_grad():
+        a = model(x, mask=mask).image
+        b = model(x, mask=other).image
+    assert (a - b).abs().max() > 1e-3
+
+
+def test_paper_preset_parameter_count():
+    count = sum(p.numel() for p in build_model("paper").parameters())
+    assert abs(count - 17.44e6) <= 0.01 * 17.44e6
+    plain = sum(p.numel() for p in build_model("nafnet-w32").parameters())
+    assert abs(plain - 17.11e6) <= 0.01 * 17.11e6
+
+
+def test_training_forward_returns_logits_and_displacements_with_gradients():
+    model = randomize_(build_model("small", width=8)).train()
+    x = torch.rand(2, 3, 32, 32)
+    out = model(x)
+    assert out.image.shape == x.shape
+    assert len(out.stages) == 2
+    loss = out.image.mean()
+    for stage in out.stages:
+        assert stage.logits.shape[1] == 2
+        assert stage.start.shape == stage.end.shape == (2, 2, 32 // stage.scale, 32 // stage.scale)
+        loss = loss + stage.logits.mean() + stage.start.abs().mean() + stage.end.abs().mean()
+    loss.backward()
+    analyzer = model.encoders[2].motion_analyzer
+    assert analyzer.weight.grad is not None and analyzer.weight.grad.abs().sum() > 0
+
+
+def test_plain_backbone_has_no_stages():
+    model = build_model("nafnet-small").eval()
+    out = model(torch.rand(1, 3, 20, 20))
+    assert out.stages == [] and out.image.shape == (1, 3, 20, 20)
