@@ -1,0 +1,180 @@
+"""``deblur``: any image in, restored image + mask + trajectory + stats out (DESIGN §1).
+
+Data path: to_tensor -> (per batch item, per tile) network: pad -> mask + trajectory -> pruned
+restore -> crop -> blend tiles -> optional sharp-preserving composite -> back to the input kind.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import imageio
+from .macs import StagePixels, count_macs
+from .network import M2AENet
+from .tiling import DEFAULT_OVERLAP, blend_weight, resolve_tile_size, tile_grid
+
+ProgressCallback = Callable[[int, int], None]  # (tiles done, tiles total); may raise to abort
+
+
+@dataclass
+class DeblurResult:
+    """Output of :func:`deblur`. Maps are at input resolution; batched inputs add a leading B."""
+
+    image: Any  # same kind as the input
+    mask: np.ndarray  # bool [H,W]: the mask actually used (all True for a plain backbone)
+    probability: np.ndarray  # float32 [H,W] blur probability (1.0 everywhere for a plain backbone)
+    trajectory: np.ndarray | None  # float32 [2,2,H,W]: (start, end) x (dx, dy), input pixels
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Maps:
+    """Per-item accumulators for the blended outputs."""
+
+    image: torch.Tensor
+    probability: torch.Tensor
+    mask: torch.Tensor
+    trajectory: torch.Tensor | None
+    weight: torch.Tensor
+
+
+def _stage_maps(stages, height: int, width: int, has_user_mask: bool, user_mask):
+    """Probability, mask used and trajectory of the shallowest M2AS stage at tile resolution."""
+    first = stages[0]
+    size = (height, width)
+    probability = F.interpolate(first.probability.float(), size=size, mode="bilinear",
+                                align_corners=False)
+    if has_user_mask:
+        used = user_mask.float()
+    else:  # every input pixel covered by a blurred grid pixel was processed
+        used = F.interpolate(first.mask.float(), size=size, mode="nearest")
+    motion = torch.cat((first.start, first.end), 1).float()
+    motion = F.interpolate(motion, size=size, mode="bilinear", align_corners=False) * first.scale
+    return probability[0, 0], used[0, 0], motion[0].view(2, 2, height, width)
+
+
+def _feather(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Soft [H,W] alpha: the mask grown by ``radius`` and then blurred over ``radius`` pixels."""
+    m = mask[None, None].float()
+    grown = F.max_pool2d(m, 2 * radius + 1, stride=1, padding=radius)
+    soft = F.avg_pool2d(grown, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False)
+    return soft[0, 0]
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, M2AENet):
+        raise TypeError(f"deblur expects an M2AENet from load_model()/build_model(), got {type(model).__name__}")
+
+
+def deblur(model: M2AENet, image, *, mask=None, threshold: float = 0.5, pruned: bool = True,
+           preserve_sharp: bool = False, tile: int | None = None,
+           progress: ProgressCallback | None = None) -> DeblurResult:
+    """Remove local motion blur from ``image`` (PIL, numpy HWC/HW, torch NCHW or BHWC).
+
+    mask: optional user mask (any resolution/kind) replacing the predicted one.
+    threshold: blur probability above which a pixel is processed.
+    pruned: compute the mask-aware convs only on blurred pixels (exact; False = dense path).
+    preserve_sharp: keep input pixels outside the (feathered) mask untouched.
+    tile: None = automatic by pixel count, 0 = never, N = N x N tiles with overlap.
+    progress: called as progress(done, total) after each tile; raise from it to abort.
+    """
+    _check_model(model)
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"threshold must be within 0..1, got {threshold}")
+    started = time.perf_counter()
+    batch, meta = imageio.to_tensor(image)
+    b, _, h, w = batch.shape
+    user_mask = None if mask is None else imageio.mask_to_tensor(mask, h, w, batch=b)
+    tile_size = resolve_tile_size(tile, h, w)
+    tiles = tile_grid(h, w, tile_size) if tile_size else tile_grid(h, w, max(h, w))
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    has_stages = bool(model.config.m2as_stages)
+
+    was_training = model.training
+    model.eval()
+    macs = dense_macs = processed = grid_pixels = 0
+    outputs = []
+    total_steps, done = b * len(tiles), 0
+    try:
+        with torch.inference_mode():
+            for item in range(b):
+                maps = _Maps(torch.zeros(3, h, w), torch.zeros(h, w), torch.zeros(h, w),
+                             torch.zeros(2, 2, h, w) if has_stages else None, torch.zeros(h, w))
+                for t in tiles:
+                    rows, cols = t.slices
+                    x = batch[item:item + 1, :, rows, cols].to(device=device, dtype=dtype)
+                    tile_mask = None
+                    if user_mask is not None:
+                        tile_mask = user_mask[item:item + 1, :, rows, cols].to(device)
+                    out = model(x, mask=tile_mask, threshold=threshold, pruned=pruned)
+                    weight = blend_weight(t, h, w, DEFAULT_OVERLAP) if len(tiles) > 1 \
+                        else torch.ones(t.height, t.width)
+                    maps.image[:, rows, cols] += out.image[0].float().cpu() * weight
+                    maps.weight[rows, cols] += weight
+                    if has_stages:
+                        prob, used, motion = _stage_maps(out.stages, t.height, t.width,
+                                                         tile_mask is not None, tile_mask)
+                        maps.probability[rows, cols] += prob.cpu() * weight
+                        maps.mask[rows, cols] += used.cpu() * weight
+                        maps.trajectory[:, :, rows, cols] += motion.cpu() * weight
+                        counts = {s.stage: StagePixels(s.masked_pixels, s.dilated_pixels)
+                                  for s in out.stages}
+                        first = out.stages[0]
+                        processed += first.masked_pixels
+                        grid_pixels += first.mask[0, 0].numel()
+                        macs += count_macs(model.config, t.height, t.width,
+                                           counts if pruned else None)
+                    else:
+                        macs += count_macs(model.config, t.height, t.width)
+                    dense_macs += count_macs(model.config, t.height, t.width)
+                    done += 1
+                    if progress is not None:
+                        progress(done, total_steps)
+                outputs.append(_finish_item(maps, batch[item], has_stages, preserve_sharp))
+    finally:
+        model.train(was_training)
+
+    restored = torch.stack([o[0] for o in outputs])
+    masks = np.stack([o[1] for o in outputs])
+    probs = np.stack([o[2] for o in outputs])
+    trajectories = np.stack([o[3] for o in outputs]) if has_stages else None
+    if b == 1:
+        masks, probs = masks[0], probs[0]
+        trajectories = trajectories[0] if trajectories is not None else None
+    stats = {
+        "macs": int(macs),
+        "dense_macs": int(dense_macs),
+        "fraction_processed": processed / grid_pixels if grid_pixels else 1.0,
+        "seconds": time.perf_counter() - started,
+        "tiles": len(tiles),
+        "pixels": h * w,
+        "device": str(device),
+        "pruned": bool(pruned and has_stages),
+    }
+    return DeblurResult(imageio.from_tensor(restored, meta), masks, probs, trajectories, stats)
+
+
+def _finish_item(maps: _Maps, original: torch.Tensor, has_stages: bool, preserve_sharp: bool):
+    weight = maps.weight.clamp_min(1e-8)
+    image = maps.image / weight
+    if has_stages:
+        probability = maps.probability / weight
+        mask = (maps.mask / weight) >= 0.5
+        trajectory = maps.trajectory / weight
+    else:
+        probability = torch.ones_like(weight)
+        mask = torch.ones_like(weight, dtype=torch.bool)
+        trajectory = None
+    if preserve_sharp:
+        alpha = _feather(mask, radius=4)
+        image = alpha * image + (1 - alpha) * original.float()
+    image = image.clamp(0, 1)
+    return (image, mask.numpy(), probability.numpy().astype(np.float32),
+            None if trajectory is None else trajectory.numpy().astype(np.float32))
+

@@ -1,0 +1,157 @@
+"""The public ``deblur`` contract: kinds in = kinds out, masks, trajectory, stats, tiling."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import randomize_
+from m2ae_core import ImageInputError, build_model, deblur
+from m2ae_core.tiling import AUTO_TILE_SIZE, resolve_tile_size, tile_grid
+
+
+@pytest.fixture(scope="module")
+def model():
+    return randomize_(build_model("small", width=8), seed=3).eval()
+
+
+def photo(h=40, w=56, seed=0):
+    rng = np.random.default_rng(seed)
+    base = np.linspace(0, 255, w)[None, :, None] * np.ones((h, 1, 3))
+    return np.clip(base + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def test_pil_in_pil_out_with_maps_and_stats(model):
+    image = Image.fromarray(photo())
+    result = deblur(model, image)
+    assert isinstance(result.image, Image.Image) and result.image.size == image.size
+    assert result.image.mode == "RGB"
+    assert result.mask.shape == (40, 56) and result.mask.dtype == bool
+    assert result.probability.shape == (40, 56)
+    assert result.probability.min() >= 0 and result.probability.max() <= 1
+    assert result.trajectory.shape == (2, 2, 40, 56)
+    for key in ("macs", "dense_macs", "fraction_processed", "seconds"):
+        assert key in result.stats
+    assert result.stats["macs"] <= result.stats["dense_macs"]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_numpy_dtype_and_layout_preserved(model, dtype):
+    arr = photo().astype(np.float64) / 255
+    if dtype == np.uint16:
+        arr = np.round(arr * 65535).astype(np.uint16)
+    elif dtype == np.uint8:
+        arr = np.round(arr * 255).astype(np.uint8)
+    else:
+        arr = arr.astype(np.float32)
+    out = deblur(model, arr).image
+    assert out.dtype == dtype and out.shape == arr.shape
+
+
+def test_greyscale_and_alpha(model):
+    grey = photo()[..., 0]
+    out = deblur(model, grey).image
+    assert out.shape == grey.shape and out.dtype == np.uint8
+    rgba = np.dstack([photo(), np.arange(40 * 56, dtype=np.uint32).reshape(40, 56) % 256]).astype(np.uint8)
+    out = deblur(model, Image.fromarray(rgba, "RGBA")).image
+    assert out.mode == "RGBA"
+    assert np.array_equal(np.asarray(out)[..., 3], rgba[..., 3])
+
+
+def test_tensor_layouts_and_batches(model):
+    nchw = torch.rand(2, 3, 24, 30)
+    result = deblur(model, nchw)
+    assert result.image.shape == nchw.shape and result.image.dtype == nchw.dtype
+    assert result.mask.shape == (2, 24, 30)
+    bhwc = torch.rand(1, 24, 30, 3)
+    assert deblur(model, bhwc).image.shape == bhwc.shape
+
+
+def test_plain_backbone_processes_everything():
+    plain = randomize_(build_model("nafnet-small", width=8)).eval()
+    result = deblur(plain, photo())
+    assert result.trajectory is None
+    assert result.mask.all() and result.stats["fraction_processed"] == 1.0
+    assert result.stats["macs"] == result.stats["dense_macs"] > 0
+
+
+def test_user_mask_of_other_resolution_replaces_prediction(model):
+    image = photo(64, 64)
+    low_res = np.zeros((16, 16), np.uint8)
+    low_res[4:8, 4:8] = 255  # the 16..32 pixel square at full resolution
+    result = deblur(model, image, mask=low_res)
+    expected = np.zeros((64, 64), bool)
+    expected[16:32, 16:32] = True
+    assert np.array_equal(result.mask, expected)
+    # small preset's first M2AS stage is 1/4 resolution: 4x4 of 16x16 grid pixels
+    assert result.stats["fraction_processed"] == pytest.approx(16 / 256)
+    empty = deblur(model, image, mask=np.zeros((64, 64), bool))
+    assert empty.stats["fraction_processed"] == 0
+    assert empty.stats["macs"] < result.stats["macs"]
+
+
+def test_pruned_and_dense_paths_agree_through_deblur(model):
+    image = photo().astype(np.float32) / 255
+    a = deblur(model, image, pruned=True).image
+    b = deblur(model, image, pruned=False).image
+    assert np.abs(a - b).max() <= 1e-4
+
+
+def test_preserve_sharp_keeps_far_pixels_untouched(model):
+    image = photo(64, 64)
+    mask = np.zeros((64, 64), bool)
+    mask[:16, :16] = True
+    out = deblur(model, image, mask=mask, preserve_sharp=True).image
+    assert np.array_equal(out[40:, 40:], image[40:, 40:])
+    assert not np.array_equal(out[:16, :16], image[:16, :16])
+
+
+def test_tiled_output_matches_untiled():
+    # A freshly built model has beta = gamma = 0: every block is the identity, so the net is a
+    # local convolutional map; tiles aligned to 16 px must then agree with the whole image.
+    local = build_model("small", width=8).eval()
+    image = torch.rand(1, 3, 160, 176)
+    whole = deblur(local, image, tile=0).image
+    steps = []
+    tiled = deblur(local, image, tile=96, progress=lambda done, total: steps.append((done, total))).image
+    mse = torch.mean((whole - tiled) ** 2)
+    assert 10 * torch.log10(1 / mse) > 40
+    assert steps[-1][0] == steps[-1][1] > 1
+
+
+def test_tile_grid_covers_the_image():
+    tiles = tile_grid(300, 500, 128)
+    covered = np.zeros((300, 500), bool)
+    for t in tiles:
+        covered[t.slices] = True
+        assert t.height <= 128 and t.width <= 128
+    assert covered.all()
+    assert resolve_tile_size(None, 4000, 3000) == AUTO_TILE_SIZE
+    assert resolve_tile_size(None, 512, 512) == 0
+
+
+def test_progress_callback_can_interrupt(model):
+    class Stop(Exception):
+        pass
+
+    def stop(done, total):
+        raise Stop
+
+    with pytest.raises(Stop):
+        deblur(model, torch.rand(1, 3, 200, 200), tile=64, progress=stop)
+
+
+def test_bad_inputs_raise_clear_errors(model):
+    bad = torch.rand(1, 3, 8, 8)
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ImageInputError, match="NaN"):
+        deblur(model, bad)
+    with pytest.raises(ValueError, match="threshold"):
+        deblur(model, photo(), threshold=2)
+    with pytest.raises(ValueError, match="tile"):
+        deblur(model, photo(), tile=5)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (17, 3), (5, 33)])
+def test_tiny_and_odd_sizes(model, size):
+    arr = np.full(size + (3,), 128, np.uint8)
+    assert deblur(model, arr).image.shape == arr.shape
