@@ -1,0 +1,200 @@
+"""``m2ae`` command line: deblur photos, and the project's data/training/evaluation tools."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .errors import M2AEError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
+
+
+def _fail(message: str) -> int:
+    print(f"m2ae: error: {message}", file=sys.stderr)
+    return 2
+
+
+def collect_inputs(paths: list[str]) -> list[Path]:
+    """Files as given; folders expanded to their image files (sorted, not recursive)."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.iterdir()
+                                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.exists():
+            found.append(path)
+        else:
+            raise M2AEError(f"input '{raw}' does not exist")
+    if not found:
+        raise M2AEError("no image files found in the given inputs")
+    return found
+
+
+def plan_outputs(inputs: list[Path], out: Path, single_input_file: bool) -> list[Path]:
+    """Output file per input: OUT itself for one file with an image suffix, else OUT/<stem>.png."""
+    if single_input_file and out.suffix.lower() in IMAGE_SUFFIXES:
+        targets = [out]
+    else:
+        targets = [out / f"{p.stem}.png" for p in inputs]
+        if len({t.name for t in targets}) != len(targets):
+            raise M2AEError("two inputs share a file name stem; deblur them into separate folders")
+    resolved_inputs = {p.resolve() for p in inputs}
+    for target in targets:
+        if target.resolve() in resolved_inputs:
+            raise M2AEError(f"output '{target}' would overwrite an input; choose another -o")
+    return targets
+
+
+def _side_path(target: Path, kind: str) -> Path:
+    return target.with_name(f"{target.stem}_{kind}.png")
+
+
+def run_deblur(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from . import imageio
+    from .inference import deblur
+    from .progress import ProgressBar
+    from .visualize import trajectory_to_rgb
+    from .weights import load_model
+
+    try:
+        inputs = collect_inputs(args.inputs)
+        single = len(inputs) == 1 and not Path(args.inputs[0]).is_dir()
+        targets = plan_outputs(inputs, Path(args.output), single)
+        if not args.overwrite:
+            for target in targets:
+                if target.exists():
+                    raise M2AEError(f"'{target}' exists; pass --overwrite to replace it")
+        model = load_model(args.weights, device=args.device, dtype=args.dtype)
+    except (M2AEError, ValueError, OSError) as exc:
+        return _fail(str(exc))
+
+    bar = ProgressBar(len(inputs), "deblur")
+    failures = 0
+    for index, (source, target) in enumerate(zip(inputs, targets)):
+        try:
+            image = imageio.read_image(source)
+            mask = _mask_for(args.mask, source)
+            result = deblur(model, image, mask=mask, threshold=args.threshold,
+                            preserve_sharp=args.preserve_sharp, tile=args.tile,
+                            pruned=not args.dense)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            imageio.save_image(result.image, target)
+            if args.save_mask:
+                imageio.save_image((result.mask * 255).astype(np.uint8), _side_path(target, "mask"))
+            if args.save_trajectory and result.trajectory is not None:
+                imageio.save_image(trajectory_to_rgb(result.trajectory),
+                                   _side_path(target, "trajectory"))
+            stats = result.stats
+            note = (f"{source.name}: {stats['fraction_processed']:.1%} processed, "
+                    f"{stats['macs'] / 1e9:.1f}/{stats['dense_macs'] / 1e9:.1f} GMAC, "
+                    f"{stats['seconds']:.1f}s -> {target}")
+            if not bar.enabled:
+                print(note)
+        except KeyboardInterrupt:
+            bar.close()
+            print(f"m2ae: interrupted at '{source}'; files already written are complete",
+                  file=sys.stderr)
+            return 130
+        except (M2AEError, ValueError, OSError) as exc:
+            failures += 1
+            bar.close() if bar.enabled else None
+            print(f"m2ae: error: {source}: {exc}", file=sys.stderr)
+        bar.update(index + 1, source.name)
+    bar.close()
+    if failures:
+        print(f"m2ae: {failures} of {len(inputs)} inputs failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _mask_for(mask_arg: str | None, source: Path):
+    """--mask FILE applies to every input; --mask DIR looks for DIR/<stem>.<image suffix>."""
+    if mask_arg is None:
+        return None
+    from . import imageio
+
+    path = Path(mask_arg)
+    if path.is_dir():
+        for suffix in sorted(IMAGE_SUFFIXES):
+            candidate = path / f"{source.stem}{suffix}"
+            if candidate.exists():
+                return imageio.read_image(candidate)
+        raise M2AEError(f"no mask named '{source.stem}.*' in '{path}'")
+    return imageio.read_image(path)
+
+
+def add_deblur_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders of images")
+    parser.add_argument("-o", "--output", required=True,
+                        help="output folder (or an output file name for a single input file); "
+                             "results are PNG (16-bit inputs stay 16-bit)")
+    parser.add_argument("--weights", default=None,
+                        help="checkpoint: .safetensors / .pth file, a folder with config.json + "
+                             "model.safetensors, or a Hugging Face repo id (default: the bundled model)")
+    parser.add_argument("--mask", default=None,
+                        help="user blur mask (white = blurred) replacing the prediction: one image "
+                             "for all inputs, or a folder with one mask per input stem")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="blur probability above which a pixel is restored (default 0.5)")
+    parser.add_argument("--tile", type=int, default=None,
+                        help="tile side in pixels for big images; 0 = never tile; default: automatic")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps ... (default cpu)")
+    parser.add_argument("--dtype", default=None, help="fp32 (default), fp16 or bf16")
+    parser.add_argument("--preserve-sharp", action="store_true",
+                        help="keep pixels outside the (feathered) blur mask exactly as in the input")
+    parser.add_argument("--dense", action="store_true",
+                        help="run the dense masked path instead of the pixel-pruned one (same result, slower)")
+    parser.add_argument("--save-mask", action="store_true", help="also write <name>_mask.png")
+    parser.add_argument("--save-trajectory", action="store_true",
+                        help="also write <name>_trajectory.png, a colour-wheel picture of the motion "
+                             "(hue = direction, saturation = speed)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing output files (inputs are never overwritten)")
+    parser.set_defaults(handler=run_deblur)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="m2ae",
+        description="M2AE: remove local motion blur from photos, spending compute only on "
+                    "blurred pixels.",
+        epilog="Run 'm2ae COMMAND --help' for the options of each command.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_deblur_arguments(commands.add_parser(
+        "deblur", help="restore images (files or folders)",
+        description="Restore locally motion-blurred images with the bundled or a given model."))
+    _add_optional_commands(commands)
+    return parser
+
+
+def _add_optional_commands(commands) -> None:
+    """Commands whose modules are optional (they register themselves when importable)."""
+    try:
+        from .data.synthetic_cli import add_synth_arguments, run_synth
+    except ImportError:
+        try:
+            from .data.bench import add_synth_arguments, run_synth
+        except ImportError:
+            return
+    synth = commands.add_parser("synth", help="write a synthetic local-blur dataset",
+                                description="Render (blur, sharp, mask, trajectory) samples.")
+    add_synth_arguments(synth)
+    synth.set_defaults(handler=run_synth)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 0
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

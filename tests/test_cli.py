@@ -1,0 +1,107 @@
+"""``m2ae deblur``: files and folders in, results out, clean failures, inputs never touched."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import randomize_
+from m2ae_core import build_model, save_weights
+from m2ae_core.cli import main
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    save_weights(randomize_(build_model("small", width=8), seed=1), path)
+    return path
+
+
+def write_photo(path, size=(48, 40), mode="RGB"):
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(arr).convert(mode).save(path)
+    return path
+
+
+def test_single_file_with_mask_and_trajectory(tmp_path, weights, capsys):
+    src = write_photo(tmp_path / "in.jpg")
+    out = tmp_path / "out" / "restored.png"
+    code = main(["deblur", str(src), "-o", str(out), "--weights", str(weights),
+                 "--save-mask", "--save-trajectory"])
+    assert code == 0
+    assert Image.open(out).size == (48, 40)
+    mask = np.asarray(Image.open(tmp_path / "out" / "restored_mask.png"))
+    assert mask.shape == (40, 48) and set(np.unique(mask)) <= {0, 255}
+    assert Image.open(tmp_path / "out" / "restored_trajectory.png").size == (48, 40)
+    assert "processed" in capsys.readouterr().out
+
+
+def test_folder_of_inputs_and_a_bad_file(tmp_path, weights, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    write_photo(folder / "a.png")
+    write_photo(folder / "b.png", mode="L")
+    good = (folder / "a.png").read_bytes()
+    (folder / "c.png").write_bytes(good[: len(good) // 2])  # truncated
+    code = main(["deblur", str(folder), "-o", str(tmp_path / "out"), "--weights", str(weights)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "c.png" in err and "Traceback" not in err
+    assert (tmp_path / "out" / "a.png").exists()
+    assert Image.open(tmp_path / "out" / "b.png").mode == "L"
+    assert not (tmp_path / "out" / "c.png").exists()
+    assert (folder / "a.png").read_bytes() == good
+
+
+def test_sixteen_bit_png_stays_sixteen_bit(tmp_path, weights):
+    arr = (np.random.default_rng(1).integers(0, 65535, (20, 30))).astype(np.uint16)
+    src = tmp_path / "deep.png"
+    Image.fromarray(arr).save(src)
+    assert main(["deblur", str(src), "-o", str(tmp_path / "o.png"), "--weights", str(weights)]) == 0
+    out = np.asarray(Image.open(tmp_path / "o.png"))
+    assert out.dtype in (np.uint16, np.int32) and out.max() > 255
+
+
+def test_never_overwrites_inputs_or_existing_outputs(tmp_path, weights, capsys):
+    src = write_photo(tmp_path / "x.png")
+    before = src.read_bytes()
+    assert main(["deblur", str(src), "-o", str(src), "--weights", str(weights)]) == 2
+    assert "overwrite an input" in capsys.readouterr().err
+    assert main(["deblur", str(src), "-o", str(tmp_path), "--weights", str(weights)]) == 2
+    assert src.read_bytes() == before
+    other = tmp_path / "y.png"
+    other.write_bytes(b"keep me")
+    assert main(["deblur", str(src), "-o", str(other), "--weights", str(weights)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert other.read_bytes() == b"keep me"
+
+
+def test_user_mask_option(tmp_path, weights):
+    src = write_photo(tmp_path / "p.png", size=(64, 64))
+    mask = np.zeros((64, 64), np.uint8)
+    mask[:16, :16] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    out = tmp_path / "r.png"
+    assert main(["deblur", str(src), "-o", str(out), "--weights", str(weights),
+                 "--mask", str(tmp_path / "m.png"), "--save-mask"]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "r_mask.png")) > 0, mask > 0)
+
+
+def test_missing_weights_and_inputs_fail_cleanly(tmp_path, capsys):
+    src = write_photo(tmp_path / "p.png")
+    assert main(["deblur", str(src), "-o", str(tmp_path / "o.png"),
+                 "--weights", str(tmp_path / "nope.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.safetensors" in err and "Traceback" not in err
+    assert main(["deblur", str(tmp_path / "absent.png"), "-o", str(tmp_path / "o.png")]) == 2
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_console_script_help_documents_every_option():
+    out = subprocess.run([sys.executable, "-m", "m2ae_core.cli", "deblur", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    for option in ("--save-mask", "--save-trajectory", "--mask", "--threshold", "--tile",
+                   "--device", "--weights", "--preserve-sharp", "--overwrite"):
+        assert option in out
