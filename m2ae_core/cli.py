@@ -168,21 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_deblur_arguments(commands.add_parser(
         "deblur", help="restore images (files or folders)",
         description="Restore locally motion-blurred images with the bundled or a given model."))
-    _add_optional_commands(commands)
+    _add_synth_command(commands)
     return parser
 
 
-def _add_optional_commands(commands) -> None:
-    """Commands whose modules are optional (they register themselves when importable)."""
-    try:
-        from .data.synthetic_cli import add_synth_arguments, run_synth
-    except ImportError:
-        try:
-            from .data.bench import add_synth_arguments, run_synth
-        except ImportError:
-            return
+def _add_synth_command(commands) -> None:
+    from .data.bench import add_synth_arguments, run_synth
+
     synth = commands.add_parser("synth", help="write a synthetic local-blur dataset",
-                                description="Render (blur, sharp, mask, trajectory) samples.")
+                                description="Render (blur, sharp, mask, trajectory) samples; "
+                                            "--preset bench regenerates the frozen benchmark.")
     add_synth_arguments(synth)
     synth.set_defaults(handler=run_synth)
 
