@@ -169,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         "deblur", help="restore images (files or folders)",
         description="Restore locally motion-blurred images with the bundled or a given model."))
     _add_synth_command(commands)
+    _add_eval_command(commands)
     return parser
 
 
@@ -180,6 +181,17 @@ def _add_synth_command(commands) -> None:
                                             "--preset bench regenerates the frozen benchmark.")
     add_synth_arguments(synth)
     synth.set_defaults(handler=run_synth)
+
+
+def _add_eval_command(commands) -> None:
+    from .evaluate import add_eval_arguments, run_eval
+
+    evaluate = commands.add_parser("eval", help="evaluate a model on blurred/sharp pairs",
+                                   description="PSNR, SSIM, weighted PSNR/SSIM, sharp-pixel PSNR, "
+                                               "mask IoU/F1, trajectory EPE, MACs and seconds; "
+                                               "writes results.json and results.md.")
+    add_eval_arguments(evaluate)
+    evaluate.set_defaults(handler=run_eval)
 
 
 def main(argv: list[str] | None = None) -> int:
