@@ -31,6 +31,19 @@ def blob_mask(height: int, width: int, fraction: float, seed: int = 0) -> torch.
     return smooth >= cut
 
 
+def activate_all_branches_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Fresh models have beta = gamma = 0 (every block an identity) and a zero motion analyzer;
+    give them small random values so the pruned-vs-dense check compares real computation."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("beta", "gamma")):
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.1)
+            elif "motion_analyzer" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * (1.0 if name.endswith("bias") else 0.01))
+    return model
+
+
 def time_call(fn, repeats: int) -> tuple[float, object]:
     out = fn()  # warm-up
     times = []
@@ -53,8 +66,8 @@ def main() -> None:
     h, w = (int(v) for v in args.size.split("x")) if "x" in args.size else (int(args.size),) * 2
 
     torch.manual_seed(0)
-    model = build_model(args.preset).eval()
-    baseline = build_model(args.baseline).eval()
+    model = activate_all_branches_(build_model(args.preset)).eval()
+    baseline = activate_all_branches_(build_model(args.baseline)).eval()
     image = torch.rand(1, 3, h, w)
     mask = blob_mask(h, w, args.fraction)
     rows = []
