@@ -170,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Restore locally motion-blurred images with the bundled or a given model."))
     _add_synth_command(commands)
     _add_eval_command(commands)
+    _add_train_command(commands)
     return parser
 
 
@@ -192,6 +193,16 @@ def _add_eval_command(commands) -> None:
                                                "writes results.json and results.md.")
     add_eval_arguments(evaluate)
     evaluate.set_defaults(handler=run_eval)
+
+
+def _add_train_command(commands) -> None:
+    from .training.trainer import add_train_arguments, run_train
+
+    train = commands.add_parser("train", help="train a model from a YAML/TOML config",
+                                description="Train (and exactly resume) a model; multi-process "
+                                            "with torchrun. See configs/.")
+    add_train_arguments(train)
+    train.set_defaults(handler=run_train)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,171 @@
+"""Training losses (DESIGN §4): forward warping, re-blur, TV, mask CE, reconstruction, total."""
+import math
+
+import pytest
+import torch
+
+from m2ae_core.network import build_model
+from m2ae_core.training.losses import (LossConfig, M2AELoss, fft_l1, forward_warp,
+                                       mask_cross_entropy, reblur_loss, reconstruction_loss,
+                                       ssim_loss, to_stage_grid, tv_loss, weighted_l1)
+
+
+def _shift_keep_holes(image: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """Reference: move content by (dx, dy) with slicing; uncovered pixels keep the source."""
+    out = image.clone()
+    h, w = image.shape[-2:]
+    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+    out[..., yd, xd] = image[..., ys, xs]
+    return out
+
+
+def _constant_flow(b, h, w, dx, dy):
+    flow = torch.zeros(b, 2, h, w)
+    flow[:, 0] = dx
+    flow[:, 1] = dy
+    return flow
+
+
+@pytest.mark.parametrize("dx,dy", [(2, 1), (-3, 0), (0, -2), (1, -1)])
+def test_forward_warp_integer_shift_is_exact(dx, dy):
+    torch.manual_seed(0)
+    image = torch.rand(2, 3, 9, 11)
+    warped = forward_warp(image, _constant_flow(2, 9, 11, dx, dy))
+    expected = _shift_keep_holes(image, dx, dy)
+    torch.testing.assert_close(warped, expected, rtol=0, atol=1e-6)
+    # The interior really moved: a target pixel holds its source's value.
+    assert torch.allclose(warped[..., 4, 5], image[..., 4 - dy, 5 - dx])
+
+
+def test_forward_warp_zero_flow_is_identity():
+    image = torch.rand(1, 4, 7, 6)
+    torch.testing.assert_close(forward_warp(image, torch.zeros(1, 2, 7, 6)), image,
+                               rtol=0, atol=1e-7)
+
+
+def test_forward_warp_averages_collisions():
+    image = torch.tensor([[[[1.0, 3.0, 5.0]]]])
+    flow = torch.zeros(1, 2, 1, 3)
+    flow[0, 0, 0, 0] = 1.0  # pixel 0 lands on pixel 1, which also stays put
+    warped = forward_warp(image, flow)
+    # Target 0 is a hole (keeps 1), target 1 averages 1 and 3, target 2 keeps 5.
+    torch.testing.assert_close(warped, torch.tensor([[[[1.0, 2.0, 5.0]]]]))
+
+
+def test_forward_warp_gradients_reach_flow_and_image():
+    torch.manual_seed(1)
+    image = torch.rand(1, 3, 8, 8, requires_grad=True)
+    flow = (torch.rand(1, 2, 8, 8) * 2 - 1).mul(1.3).add(0.25).requires_grad_(True)
+    target = torch.rand(1, 3, 8, 8)
+    loss = (forward_warp(image, flow) - target).pow(2).mean()
+    loss.backward()
+    assert flow.grad is not None and flow.grad.abs().sum() > 0
+    assert torch.isfinite(flow.grad).all()
+    assert image.grad is not None and image.grad.abs().sum() > 0
+
+
+def test_forward_warp_survives_huge_displacements():
+    image = torch.rand(1, 1, 5, 5)
+    flow = torch.full((1, 2, 5, 5), 1e9)
+    torch.testing.assert_close(forward_warp(image, flow), image)  # all holes
+
+
+def test_reblur_loss_zero_for_matching_translation():
+    torch.manual_seed(2)
+    sharp = torch.rand(2, 3, 12, 16)
+    # start (-4, 0) -> end (4, 0): instants dx = 4 s = -4..4 (integers), no curvature.
+    start = _constant_flow(2, 12, 16, -4.0, 0.0)
+    end = _constant_flow(2, 12, 16, 4.0, 0.0)
+    blur = torch.stack([_shift_keep_holes(sharp, k, 0) for k in range(-4, 5)]).mean(0)
+    assert reblur_loss(sharp, blur, start, end) < 1e-10
+    # A wrong trajectory (vertical) does not explain the blur.
+    wrong = reblur_loss(sharp, blur, _constant_flow(2, 12, 16, 0, -4.0),
+                        _constant_flow(2, 12, 16, 0, 4.0))
+    assert wrong > 1e-3
+    # ... and no motion explains it worse than the right one.
+    assert reblur_loss(sharp, blur, torch.zeros_like(start), torch.zeros_like(end)) > 1e-3
+
+
+def test_reblur_gradient_points_towards_true_motion():
+    torch.manual_seed(3)
+    sharp = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 24, 24), 3, 1, 1)
+    blur = torch.stack([_shift_keep_holes(sharp, k, 0) for k in range(-4, 5)]).mean(0)
+    end = _constant_flow(1, 24, 24, 3.0, 0.0).requires_grad_(True)
+    start = (-end.detach()).clone().requires_grad_(True)
+    reblur_loss(sharp, blur, start, end).backward()
+    # Too little motion: growing |dx| lowers the loss.
+    assert end.grad[:, 0].sum() < 0 < start.grad[:, 0].sum()
+
+
+def test_tv_loss_hand_computed():
+    start = torch.zeros(1, 2, 2, 2)
+    start[0, 0, 0, 1] = 1.0
+    end = torch.zeros(1, 2, 2, 2)
+    # 8 horizontal and 8 vertical differences over the 4 channels, one of each equals 1.
+    assert tv_loss(start, end).item() == pytest.approx(1 / 8 + 1 / 8)
+    assert tv_loss(torch.full_like(start, 3.0), torch.full_like(end, -2.0)).item() == 0.0
+    ramp = torch.arange(4.0).view(1, 1, 1, 4).expand(1, 2, 3, 4)
+    # dx and dy both ramp by 1 per column in start; end constant -> horizontal mean 2/4.
+    assert tv_loss(ramp, torch.zeros(1, 2, 3, 4)).item() == pytest.approx(0.5)
+
+
+def test_mask_cross_entropy_hand_computed():
+    logits = torch.tensor([[[[2.0, 0.0]], [[0.0, 1.0]]]])  # [1,2,1,2]: pixel A, pixel B
+    full_mask = torch.zeros(1, 1, 2, 4)
+    full_mask[0, 0, 1, 0] = 1.0  # one blurred pixel in A's 2x2 block only
+    small = to_stage_grid(full_mask, 2, (1, 2), "max")
+    assert small.flatten().tolist() == [1.0, 0.0]
+    expected = (math.log(1 + math.exp(-2.0)) + math.log(1 + math.exp(-1.0))) / 2
+    assert mask_cross_entropy(logits, small).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_to_stage_grid_pads_like_the_network():
+    x = torch.ones(1, 1, 6, 6)
+    area = to_stage_grid(x, 4, (2, 2), "area")  # padded to 8x8 with zeros
+    assert area.flatten().tolist() == [1.0, 0.5, 0.5, 0.25]
+
+
+def test_reconstruction_terms():
+    torch.manual_seed(4)
+    gt = torch.rand(2, 3, 32, 32)
+    zero = reconstruction_loss(gt, gt, torch.ones(2, 1, 32, 32))
+    assert all(v.abs().item() < 1e-6 for v in zero.values())
+    out = (gt + 0.1 * torch.randn_like(gt)).clamp(0, 1)
+    terms = reconstruction_loss(out, gt)
+    assert terms["recon"].item() == pytest.approx(
+        (terms["l1"] + terms["ssim"] + 0.1 * terms["fft"]).item())
+    assert 0 < ssim_loss(out, gt).item() < 1
+    assert fft_l1(out, gt).item() > 0
+    # Mask weighting: an error only inside the mask counts more with weight.
+    err = gt.clone()
+    err[..., :8, :8] += 0.5
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[..., :16, :16] = 1
+    plain = weighted_l1(err, gt, mask, 0.0)
+    heavy = weighted_l1(err, gt, mask, 3.0)
+    assert heavy > plain
+    assert weighted_l1(err, gt, torch.ones_like(mask), 3.0).item() == pytest.approx(plain.item())
+
+
+@pytest.mark.parametrize("preset", ["small", "nafnet-small"])
+def test_m2ae_loss_on_tiny_model(preset):
+    torch.manual_seed(5)
+    model = build_model(preset, width=8).train()
+    blur, sharp = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[:, :, 8:20, 4:30] = 1
+    loss = M2AELoss(LossConfig())
+    output = model(blur)
+    terms = loss(output, blur, sharp, mask)
+    assert torch.isfinite(terms["total"])
+    terms["total"].backward()
+    if preset == "small":
+        assert {"mask", "reblur", "tv", "offset", "mask_s2", "reblur_s3"} <= set(terms)
+        expected = terms["recon"] + 0.01 * terms["mask"] + terms["reblur"] + 0.01 * terms["tv"]
+        assert terms["total"].item() == pytest.approx(expected.item(), rel=1e-6)
+        grads = [p.grad for n, p in model.named_parameters() if "mask_predictor" in n]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    else:
+        assert "mask" not in terms and terms["total"].item() == pytest.approx(
+            terms["recon"].item())

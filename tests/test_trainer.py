@@ -1,0 +1,339 @@
+"""Trainer, training config and training data (DESIGN §4). Tiny models, 32 px crops."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from m2ae_core.errors import ConfigError
+from m2ae_core.training.config import TrainConfig, load_config
+from m2ae_core.training.datasets import (GoProDataset, ReLoBlurDataset, SampleStream,
+                                         StepBatchDataset, StreamSettings, augment,
+                                         blur_aware_crop, transform_trajectory)
+from m2ae_core.training.trainer import lr_factor, main, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _save_png(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    small = rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC)
+    noise = rng.integers(-20, 21, (h, w, 3))
+    return np.clip(np.asarray(img).astype(int) + noise, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        _save_png(root / f"photo{i}.png", _texture(rng, 96, 128))
+    return root
+
+
+def _tiny_config(photos: Path, out: Path, **top) -> dict:
+    # One thread: on a shared 2-core machine OpenMP spinning makes 2 threads much slower.
+    data = {"steps": 6, "batch_size": 2, "log_every": 1, "val_every": 3, "threads": 1,
+            "checkpoint_every": 3, "out_dir": str(out), "progress": False,
+            "model": {"preset": "small", "overrides": {"width": 8}},
+            "data": {"photos": str(photos), "crop": 32, "val_samples": 1, "val_size": 32}}
+    data.update(top)
+    return data
+
+
+def _write_yaml(path: Path, data: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def straight_run(photos, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("straight")
+    train(load_config(_write_yaml(out / "cfg.yaml", _tiny_config(photos, out / "run"))))
+    return out / "run"
+
+
+# --------------------------------------------------------------------------- trainer
+
+def test_short_run_writes_log_checkpoint_and_weights(straight_run):
+    records = [json.loads(line) for line in
+               (straight_run / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["kind"] == "start" and records[0]["world_size"] == 1
+    train_records = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train_records] == [1, 2, 3, 4, 5, 6]
+    for r in train_records:
+        for key in ("total", "l1", "ssim", "fft", "mask", "reblur", "tv", "lr", "s_per_step",
+                    "grad_norm"):
+            assert np.isfinite(r[key]), key
+    lrs = [r["lr"] for r in train_records]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] == pytest.approx(1e-6)
+    val = [r for r in records if r["kind"] == "val"]
+    assert [r["step"] for r in val] == [3, 6]
+    assert all(np.isfinite(r["val_wpsnr_out"]) and "val_wpsnr_gain" in r for r in val)
+    ckpt = torch.load(straight_run / "last.pt", weights_only=True)
+    assert ckpt["step"] == 6 and ckpt["sampler"]["next_step"] == 6
+    assert {"model", "optimizer", "scheduler", "rng"} <= set(ckpt)
+    for name in ("final.safetensors", "best.safetensors", "config.json"):
+        assert (straight_run / name).is_file()
+    from m2ae_core.weights import load_model
+
+    model = load_model(straight_run / "final.safetensors", device="cpu")
+    assert model.config.width == 8 and model.config.m2as_stages == (2, 3)
+
+
+def test_exact_resume_is_bitwise(straight_run, photos, tmp_path):
+    cfg = _write_yaml(tmp_path / "cfg.yaml", _tiny_config(photos, tmp_path / "run"))
+    assert main(["--config", str(cfg), "--stop-at", "3"]) == 0
+    first = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert first["step"] == 3 and (tmp_path / "run" / "latest.safetensors").is_file()
+    assert main(["--config", str(cfg), "--resume"]) == 0
+    resumed = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]
+    straight = torch.load(straight_run / "last.pt", weights_only=True)["model"]
+    assert resumed.keys() == straight.keys()
+    for key in straight:
+        assert torch.equal(resumed[key], straight[key]), key
+    # The log of the resumed run continues the first one without duplicates.
+    steps = [json.loads(line)["step"] for line in
+             (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "train"]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    # A fresh start must not overwrite a run's checkpoint.
+    assert main(["--config", str(cfg)]) == 2
+    # Longer schedule + time limit: one more step, then a checkpoint.
+    assert main(["--config", str(cfg), "--resume", "--steps", "8", "--time-limit", "0",
+                 "--set", "val_every=0"]) == 0
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 7
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_end_identical(photos, tmp_path):
+    out = tmp_path / "ddp"
+    cfg = _write_yaml(tmp_path / "ddp.yaml",
+                      _tiny_config(photos, out, steps=2, batch_size=1, threads=1,
+                                   val_every=0, checkpoint_every=0))
+    env = dict(os.environ, M2AE_DEBUG_RANK_STATE="1", OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+           "-m", "m2ae_core.training.trainer", "--config", str(cfg)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    a = torch.load(out / "rank0_final.pt", weights_only=True)
+    b = torch.load(out / "rank1_final.pt", weights_only=True)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    start = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert start["world_size"] == 2 and start["global_batch"] == 2
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert len(ckpt["rng"]) == 2 and ckpt["step"] == 2
+    # Training moved the weights away from the (seeded, shared) initialisation.
+    from m2ae_core.network import build_model
+
+    torch.manual_seed(0)
+    init = build_model("small", width=8).state_dict()
+    assert any(not torch.equal(init[k], a[k]) for k in a)
+
+
+def test_lr_schedule():
+    assert lr_factor(0, 100, 0, 1e-3) == pytest.approx(1.0)
+    assert lr_factor(50, 100, 0, 1e-3) == pytest.approx(0.5 * (1 + 1e-3))
+    assert lr_factor(100, 100, 0, 1e-3) == pytest.approx(1e-3)
+    assert lr_factor(0, 100, 10, 0.0) == pytest.approx(0.1)
+    assert lr_factor(10, 100, 10, 0.0) == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------- config
+
+def test_config_yaml_and_toml_agree(tmp_path):
+    yaml_text = """
+seed: 3
+steps: 50
+out_dir: runs/x
+model: {preset: nafnet-small, overrides: {width: 8}}
+data: {crop: 64, photos: null}
+optim: {lr: 1e-3, betas: [0.9, 0.99]}
+loss: {tv_weight: 0.02}
+"""
+    toml_text = """
+seed = 3
+steps = 50
+out_dir = "runs/x"
+[model]
+preset = "nafnet-small"
+overrides = {width = 8}
+[data]
+crop = 64
+[optim]
+lr = 1e-3
+betas = [0.9, 0.99]
+[loss]
+tv_weight = 0.02
+"""
+    (tmp_path / "a.yaml").write_text(yaml_text)
+    (tmp_path / "a.toml").write_text(toml_text)
+    a = load_config(tmp_path / "a.yaml")
+    b = load_config(tmp_path / "a.toml", {"data.photos": None})
+    assert a == b
+    assert isinstance(a, TrainConfig) and a.optim.lr == 1e-3 and a.optim.betas == (0.9, 0.99)
+    assert a.model.overrides == {"width": 8} and a.loss.tv_weight == 0.02
+    assert a.data.crop == 64 and a.data.photos is None and a.optim.weight_decay == 1e-3
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(tmp_path / "a.yaml", {"optim.momentum": 0.9})
+    with pytest.raises(ConfigError, match="multiple of 16"):
+        load_config(tmp_path / "a.yaml", {"data.crop": 30})
+
+
+@pytest.mark.parametrize("name", ["small-cpu.yaml", "nafnet-small-cpu.yaml", "paper-gpu.yaml"])
+def test_repo_configs_load(name):
+    config = load_config(REPO / "configs" / name)
+    assert config.batch_size * (4 if name == "paper-gpu.yaml" else 1) == 8
+    assert config.optim.betas == (0.9, 0.9) and config.optim.lr == 1e-3
+
+
+def test_cpu_configs_differ_only_in_preset_and_out_dir():
+    a = load_config(REPO / "configs" / "small-cpu.yaml").to_dict()
+    b = load_config(REPO / "configs" / "nafnet-small-cpu.yaml").to_dict()
+    assert (a["model"]["preset"], b["model"]["preset"]) == ("small", "nafnet-small")
+    for d in (a, b):
+        d["model"].pop("preset")
+        d.pop("out_dir")
+    assert a == b
+
+
+# --------------------------------------------------------------------------- data
+
+def test_relobur_reader(tmp_path):
+    rng = np.random.default_rng(1)
+    root = tmp_path / "ReLoBlur"
+    for i, mask_name in enumerate(["000_mask.png", "001_blur.png"]):
+        ident = f"{i:03d}"
+        seq = root / "train" / "s01" / "00"
+        _save_png(seq / f"{ident}_sharp.png", _texture(rng, 40, 48))
+        _save_png(seq / f"{ident}_blur.png", _texture(rng, 40, 48))
+        mask = np.zeros((40, 48), np.uint8)
+        mask[10:20, 5:30] = 255 if i == 0 else 1
+        _save_png(root / "masks" / "train" / "s01" / "00" / mask_name, mask)
+    ds = ReLoBlurDataset(root, "train")
+    assert len(ds) == 2
+    item = ds[1]
+    assert item["blur"].shape == (3, 40, 48) and item["mask"].shape == (1, 40, 48)
+    assert item["mask"].sum() == 10 * 25 and not item["is_global"]
+    assert item["sharp"].max() <= 1 and item["sharp"].dtype == torch.float32
+    _save_png(root / "train" / "s02" / "00" / "000_blur.png", _texture(rng, 40, 48))
+    _save_png(root / "train" / "s02" / "00" / "000_sharp.png", _texture(rng, 40, 48))
+    with pytest.raises(FileNotFoundError, match="no mask"):
+        ReLoBlurDataset(root, "train")
+
+
+def test_gopro_reader_and_real_stream(tmp_path):
+    rng = np.random.default_rng(2)
+    root = tmp_path / "GOPRO"
+    for seq in ("GOPR0001_00", "GOPR0002_00"):
+        for name in ("000001.png", "000002.png"):
+            sharp = _texture(rng, 48, 64)
+            _save_png(root / "train" / seq / "sharp" / name, sharp)
+            _save_png(root / "train" / seq / "blur" / name, sharp // 2)
+            _save_png(root / "train" / seq / "blur_gamma" / name, sharp // 3)
+    ds = GoProDataset(root, "train")
+    assert len(ds) == 4
+    item = ds[0]
+    assert item["is_global"] and bool((item["mask"] == 1).all())
+    expected_blur = torch.from_numpy(np.asarray(Image.open(ds.pairs[0][1])) // 2)
+    assert torch.allclose(item["blur"], expected_blur.permute(2, 0, 1).float() / 255)
+    gamma = GoProDataset(root, "train", gamma=True)
+    assert gamma.pairs[0][0].parent.name == "blur_gamma"
+    stream = SampleStream(StreamSettings(seed=5, crop=32, photos=None, gopro=str(root)))
+    a, b = stream(7), stream(7)
+    assert a["blur"].shape == (3, 32, 32) and torch.equal(a["blur"], b["blur"])
+
+
+def test_stream_is_deterministic_and_layout_independent(photos):
+    stream = SampleStream(StreamSettings(seed=11, crop=32, photos=str(photos)))
+    single = StepBatchDataset(stream, batch_size=4, world_size=1, rank=0)
+    rank1 = StepBatchDataset(stream, batch_size=2, world_size=2, rank=1)
+    # Step 3, slot 1 of rank 1 (2 ranks x 2) is slot 3 of step 3 with one process x 4.
+    assert rank1.global_index(3 * 2 + 1) == single.global_index(3 * 4 + 3)
+    x, y = stream(rank1.global_index(7)), single[15]
+    for key in ("blur", "sharp", "mask", "trajectory"):
+        assert torch.equal(x[key], y[key])
+    assert x["blur"].shape == (3, 32, 32) and x["trajectory"].shape == (4, 32, 32)
+
+
+class _FixedRng:
+    def __init__(self, flip: bool, k: int) -> None:
+        self.flip, self.k = flip, k
+
+    def random(self):
+        return 0.0 if self.flip else 0.9
+
+    def integers(self, n):
+        return self.k
+
+
+def _marker_item(size=16, p=(5, 3), o_e=(4, 0), o_s=(-1, 2)):
+    """sharp has a marker at p (x, y); blur has one at p + o_e (end) and one at p + o_s
+    (start, another channel). The trajectory at p holds o_s and o_e."""
+    sharp = torch.zeros(3, size, size)
+    blur = torch.zeros(3, size, size)
+    sharp[0, p[1], p[0]] = 1
+    blur[1, p[1] + o_e[1], p[0] + o_e[0]] = 1
+    blur[2, p[1] + o_s[1], p[0] + o_s[0]] = 1
+    traj = torch.zeros(4, size, size)
+    traj[:, p[1], p[0]] = torch.tensor([o_s[0], o_s[1], o_e[0], o_e[1]], dtype=torch.float32)
+    return {"blur": blur, "sharp": sharp, "mask": (sharp[:1] > 0).float(), "trajectory": traj}
+
+
+def _where(channel: torch.Tensor) -> tuple[int, int]:
+    y, x = (channel > 0.5).nonzero()[0].tolist()
+    return x, y
+
+
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("k", [0, 1, 2, 3])
+def test_augmentation_moves_vectors_with_pixels(flip, k):
+    out = augment(_marker_item(), _FixedRng(flip, k))
+    px, py = _where(out["sharp"][0])
+    sdx, sdy, edx, edy = out["trajectory"][:, py, px].tolist()
+    assert _where(out["blur"][1]) == (px + edx, py + edy)
+    assert _where(out["blur"][2]) == (px + sdx, py + sdy)
+    assert _where(out["mask"][0]) == (px, py)
+
+
+def test_quarter_turn_makes_horizontal_motion_vertical():
+    out = augment(_marker_item(o_e=(4, 0), o_s=(-4, 0)), _FixedRng(False, 1))
+    px, py = _where(out["sharp"][0])
+    sdx, sdy, edx, edy = out["trajectory"][:, py, px].tolist()
+    assert (sdx, edx) == (0, 0) and abs(edy) == 4 and sdy == -edy
+    flipped = transform_trajectory(torch.tensor([1.0, 2.0, 3.0, 4.0]).view(4, 1, 1), True, 0)
+    assert flipped.flatten().tolist() == [-1.0, 2.0, -3.0, 4.0]
+
+
+def test_blur_aware_crop_centres_on_blur():
+    item = _marker_item(size=64, p=(50, 40), o_e=(2, 0), o_s=(-2, 0))
+    rng = np.random.default_rng(0)
+    hits = 0
+    for _ in range(40):
+        crop = blur_aware_crop(item, 16, rng, blur_prob=1.0)
+        assert crop["blur"].shape == (3, 16, 16)
+        hits += int(crop["mask"].sum() == 1)
+    assert hits == 40
+    small = blur_aware_crop(_marker_item(size=16), 32, rng)  # padded up
+    assert small["sharp"].shape == (3, 32, 32)
