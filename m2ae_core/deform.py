@@ -35,7 +35,7 @@ def deform_conv_dense(x: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
     grid = torch.stack((gx, gy), dim=-1).reshape(b, taps * h, w, 2)
     sampled = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     sampled = sampled.view(b, c, taps, h, w)
-    return torch.einsum("bcnhw,cn->bchw", sampled, weight) + bias.view(1, c, 1, 1)
+    return (sampled * weight.view(1, c, taps, 1, 1)).sum(2) + bias.view(1, c, 1, 1)
 
 
 def deform_conv_at(x: torch.Tensor, batch_index: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor,

@@ -202,3 +202,25 @@ def test_plain_backbone_has_no_stages():
     model = build_model("nafnet-small").eval()
     out = model(torch.rand(1, 3, 20, 20))
     assert out.stages == [] and out.image.shape == (1, 3, 20, 20)
+
+
+def test_sparse_trajectory_sampling_in_training_matches_dense_values_and_gradients():
+    """Training samples the gated trajectory only on the mask: values and the gradients to
+    features, weights and displacements match the dense deformable conv."""
+    torch.manual_seed(0)
+    block = randomize_(M2ASBlock(4))
+    f4 = torch.randn(2, 8, 9, 11, requires_grad=True)
+    mask = blob_mask(2, 9, 11, fraction=0.3).float()
+    start = (torch.randn(2, 2, 9, 11) * 2 * mask).requires_grad_()
+    end = (torch.randn(2, 2, 9, 11) * 2 * mask).requires_grad_()
+    plan = PrunePlan.from_mask(mask > 0.5)
+    sparse = block._deform_pruned(f4, plan, start, end)
+    dense = block.dconv(f4, start, end)
+    assert (sparse - dense).abs().max() <= TOL
+    g = torch.randn_like(dense)
+    grads_sparse = torch.autograd.grad((sparse * g).sum(), (f4, block.dconv.weight, start, end))
+    grads_dense = torch.autograd.grad((dense * g).sum(), (f4, block.dconv.weight, start, end))
+    for a, b in zip(grads_sparse, grads_dense):
+        on_mask = a * mask[:, :1] if a.dim() == 4 and a.shape[1] == 2 else a
+        ref = b * mask[:, :1] if b.dim() == 4 and b.shape[1] == 2 else b
+        assert (on_mask - ref).abs().max() <= 1e-3
