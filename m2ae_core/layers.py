@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -15,11 +16,25 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(1, keepdim=True)
-        centred = x - mean
-        var = centred.pow(2).mean(1, keepdim=True)
-        normed = centred * torch.rsqrt(var + self.eps)
-        return normed * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        # One fused kernel over the channel axis; on a channels-last tensor the permuted view is
+        # contiguous, so nothing is copied and the result stays channels-last.
+        normed = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
+        return normed.permute(0, 3, 1, 2)
+
+
+class Conv1x1(nn.Conv2d):
+    """1x1 convolution evaluated as a matmul over channels-last pixel rows.
+
+    Same parameters (and names, and state dict) as ``nn.Conv2d(cin, cout, 1)``; on CPU the
+    matmul is several times faster than the convolution kernel for channels-last input.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.view(self.out_channels, self.in_channels)
+        return F.linear(x.permute(0, 2, 3, 1), weight, self.bias).permute(0, 3, 1, 2)
 
 
 def simple_gate(x: torch.Tensor) -> torch.Tensor:
@@ -32,7 +47,7 @@ class SimplifiedChannelAttention(nn.Sequential):
     """Global average pool then 1x1 conv; indexed as ``sca.1`` like NAFNet."""
 
     def __init__(self, channels: int) -> None:
-        super().__init__(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, channels, 1))
+        super().__init__(nn.AdaptiveAvgPool2d(1), Conv1x1(channels, channels))
 
 
 class NAFBlock(nn.Module):
@@ -42,13 +57,13 @@ class NAFBlock(nn.Module):
         super().__init__()
         c, inner = channels, 2 * channels
         self.norm1 = LayerNorm2d(c)
-        self.conv1 = nn.Conv2d(c, inner, 1)
+        self.conv1 = Conv1x1(c, inner)
         self.conv2 = nn.Conv2d(inner, inner, 3, padding=1, groups=inner)
         self.sca = SimplifiedChannelAttention(c)
-        self.conv3 = nn.Conv2d(c, c, 1)
+        self.conv3 = Conv1x1(c, c)
         self.norm2 = LayerNorm2d(c)
-        self.conv4 = nn.Conv2d(c, inner, 1)
-        self.conv5 = nn.Conv2d(c, c, 1)
+        self.conv4 = Conv1x1(c, inner)
+        self.conv5 = Conv1x1(c, c)
         self.beta = nn.Parameter(torch.zeros(1, c, 1, 1))
         self.gamma = nn.Parameter(torch.zeros(1, c, 1, 1))
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .deform import MotionDeformConv, deform_conv_at
-from .layers import LayerNorm2d, SimplifiedChannelAttention, simple_gate
+from .layers import Conv1x1, LayerNorm2d, SimplifiedChannelAttention, simple_gate
 from .masked_conv import PrunePlan, masked_conv_dense, masked_conv_pruned
 
 
@@ -18,10 +18,9 @@ class MaskPredictor(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         c = channels
-        self.mlp_in = nn.Sequential(nn.Conv2d(c, c, 1), nn.GELU(), LayerNorm2d(c), nn.Conv2d(c, c, 1))
-        self.mlp_out = nn.Sequential(nn.Conv2d(c, c // 2, 1), nn.GELU(),
-                                     nn.Conv2d(c // 2, c // 4, 1), nn.GELU(),
-                                     nn.Conv2d(c // 4, 2, 1))
+        self.mlp_in = nn.Sequential(Conv1x1(c, c), nn.GELU(), LayerNorm2d(c), Conv1x1(c, c))
+        self.mlp_out = nn.Sequential(Conv1x1(c, c // 2), nn.GELU(), Conv1x1(c // 2, c // 4),
+                                     nn.GELU(), Conv1x1(c // 4, 2))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         z = self.mlp_in(features)
@@ -61,14 +60,14 @@ class M2ASBlock(nn.Module):
         super().__init__()
         c, inner = channels, 2 * channels
         self.norm1 = LayerNorm2d(c)
-        self.conv1 = nn.Conv2d(c, inner, 1)
+        self.conv1 = Conv1x1(c, inner)
         self.conv2 = nn.Conv2d(inner, inner, 3, padding=1, groups=inner)
         self.sca = SimplifiedChannelAttention(c)
-        self.conv3 = nn.Conv2d(c, c, 1)
+        self.conv3 = Conv1x1(c, c)
         self.norm2 = LayerNorm2d(c)
-        self.conv4 = nn.Conv2d(c, inner, 1)
+        self.conv4 = Conv1x1(c, inner)
         self.dconv = MotionDeformConv(inner)
-        self.conv5 = nn.Conv2d(c, c, 1)
+        self.conv5 = Conv1x1(c, c)
         self.beta = nn.Parameter(torch.zeros(1, c, 1, 1))
         self.gamma = nn.Parameter(torch.zeros(1, c, 1, 1))
 
