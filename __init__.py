@@ -1,4 +1,16 @@
 """ComfyUI entry point of the M2AE node pack.
 
 Outside ComfyUI (no ``comfy_api``) importing this file exposes nothing and has no side effects.
+Inside ComfyUI it exports ``comfy_entrypoint`` (V3 API), which lists the nodes of
+``m2ae_nodes``.
 """
+import importlib.util as _importlib_util
+
+if _importlib_util.find_spec("comfy_api") is not None:
+    from .m2ae_nodes import comfy_entrypoint
+
+    __all__ = ["comfy_entrypoint"]
+else:
+    __all__ = []
+
+del _importlib_util

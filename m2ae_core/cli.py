@@ -171,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth_command(commands)
     _add_eval_command(commands)
     _add_train_command(commands)
+    _add_demo_command(commands)
     return parser
 
 
@@ -203,6 +204,46 @@ def _add_train_command(commands) -> None:
                                             "with torchrun. See configs/.")
     add_train_arguments(train)
     train.set_defaults(handler=run_train)
+
+
+def _add_demo_command(commands) -> None:
+    """``m2ae demo``: run demo/app.py of the checkout (the demo is not part of the package)."""
+    demo = commands.add_parser("demo", help="launch the Gradio demo (the Hugging Face Space app)",
+                               description="Serve the M2AE web demo: upload, restore, compare. "
+                                           "Needs a checkout of the repository (demo/app.py) "
+                                           "and Gradio: pip install -e '.[demo]'.")
+    demo.add_argument("--model", help="weights: file, folder or Hub repo id "
+                                      "(default: $M2AE_MODEL, else the bundled model)")
+    demo.add_argument("--device", help="cpu, cuda, ... (default: $M2AE_DEVICE, else cuda if available)")
+    demo.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for the LAN)")
+    demo.add_argument("--port", type=int, help="port (default: the first free one from 7860)")
+    demo.add_argument("--max-pixels", type=int, help="largest accepted image in pixels "
+                                                     "(default: $M2AE_DEMO_MAX_PIXELS or 16,000,000)")
+    demo.add_argument("--concurrency", type=int, help="restorations running at once (default 1)")
+    demo.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+
+    def run_demo(args: argparse.Namespace) -> int:
+        import importlib.util
+
+        candidates = [Path(__file__).resolve().parents[1] / "demo" / "app.py",
+                      Path.cwd() / "demo" / "app.py"]
+        app = next((c for c in candidates if c.is_file()), None)
+        if app is None:
+            return _fail("demo/app.py not found (looked in " + ", ".join(map(str, candidates))
+                         + "); the demo ships with the repository, not the package: run "
+                           "'m2ae demo' from a checkout, or 'python demo/app.py'")
+        if importlib.util.find_spec("gradio") is None:
+            return _fail("the demo needs Gradio: pip install -e '.[demo]'")
+        spec = importlib.util.spec_from_file_location("m2ae_demo_app", app)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        forwarded = [f"--{name.replace('_', '-')}={value}" for name, value in vars(args).items()
+                     if name in ("model", "device", "host", "port", "max_pixels", "concurrency")
+                     and value is not None] + (["--share"] if args.share else [])
+        module.main(forwarded)
+        return 0
+
+    demo.set_defaults(handler=run_demo)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .deform import MotionDeformConv, deform_conv_at
-from .layers import Conv1x1, LayerNorm2d, SimplifiedChannelAttention, simple_gate
+from .layers import Conv1x1, LayerNorm2d, NAFBlock, simple_gate
 from .masked_conv import PrunePlan, masked_conv_dense, masked_conv_pruned
 
 
@@ -53,23 +53,15 @@ class StageOutput:
     dilated_pixels: int = 0
 
 
-class M2ASBlock(nn.Module):
-    """NAFNet block with a mask-aware first half and a motion-aware deformable second half."""
+class M2ASBlock(NAFBlock):
+    """NAFNet block with a mask-aware first half and a motion-aware deformable second half.
+
+    Same parameters as :class:`NAFBlock` (so NAFNet weights load) plus ``dconv``.
+    """
 
     def __init__(self, channels: int) -> None:
-        super().__init__()
-        c, inner = channels, 2 * channels
-        self.norm1 = LayerNorm2d(c)
-        self.conv1 = Conv1x1(c, inner)
-        self.conv2 = nn.Conv2d(inner, inner, 3, padding=1, groups=inner)
-        self.sca = SimplifiedChannelAttention(c)
-        self.conv3 = Conv1x1(c, c)
-        self.norm2 = LayerNorm2d(c)
-        self.conv4 = Conv1x1(c, inner)
-        self.dconv = MotionDeformConv(inner)
-        self.conv5 = Conv1x1(c, c)
-        self.beta = nn.Parameter(torch.zeros(1, c, 1, 1))
-        self.gamma = nn.Parameter(torch.zeros(1, c, 1, 1))
+        super().__init__(channels)
+        self.dconv = MotionDeformConv(2 * channels)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, start: torch.Tensor,
                 end: torch.Tensor, plan: PrunePlan | None = None, gated: bool = True,
