@@ -236,6 +236,7 @@ def _add_demo_command(commands) -> None:
             return _fail("the demo needs Gradio: pip install -e '.[demo]'")
         spec = importlib.util.spec_from_file_location("m2ae_demo_app", app)
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
         spec.loader.exec_module(module)
         forwarded = [f"--{name.replace('_', '-')}={value}" for name, value in vars(args).items()
                      if name in ("model", "device", "host", "port", "max_pixels", "concurrency")
