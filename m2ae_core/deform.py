@@ -25,6 +25,9 @@ def deform_conv_dense(x: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
     x [B,C,H,W]; start/end [B,2,H,W] displacements; weight [C,9]; bias [C].
     All nine taps are sampled by one ``grid_sample`` call.
     """
+    if x.dtype in (torch.float16, torch.bfloat16):  # half-precision coordinates lose pixels
+        return deform_conv_dense(x.float(), start.float(), end.float(), weight.float(),
+                                 bias.float()).to(x.dtype)
     b, c, h, w = x.shape
     taps = weight.shape[1]
     offsets = trajectory_instants(start, end, taps)  # [B,9,2,H,W]
@@ -46,6 +49,9 @@ def deform_conv_at(x: torch.Tensor, batch_index: torch.Tensor, ys: torch.Tensor,
     x [B,C,H,W]; batch_index/ys/xs [Q] integer pixel positions; start/end [Q,2] displacements.
     Returns [Q,C]. Samples 9*Q points, one ``grid_sample`` call per batch item present.
     """
+    if x.dtype in (torch.float16, torch.bfloat16):  # half-precision coordinates lose pixels
+        return deform_conv_at(x.float(), batch_index, ys, xs, start.float(), end.float(),
+                              weight.float(), bias.float()).to(x.dtype)
     b, c, h, w = x.shape
     taps = weight.shape[1]
     offsets = trajectory_instants(start, end, taps)  # [Q,9,2]

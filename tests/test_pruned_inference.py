@@ -224,3 +224,16 @@ def test_sparse_trajectory_sampling_in_training_matches_dense_values_and_gradien
         on_mask = a * mask[:, :1] if a.dim() == 4 and a.shape[1] == 2 else a
         ref = b * mask[:, :1] if b.dim() == 4 and b.shape[1] == 2 else b
         assert (on_mask - ref).abs().max() <= 1e-3
+
+
+def test_half_precision_samples_with_full_precision_coordinates():
+    """bf16 holds integers only up to 256 exactly: coordinates must not be computed in it."""
+    x = torch.zeros(1, 1, 1, 600)
+    x[..., 517] = 1.0
+    start = torch.zeros(1, 2, 1, 600)
+    end = torch.zeros(1, 2, 1, 600)
+    weight, bias = torch.zeros(1, 9), torch.zeros(1)
+    weight[0, 4] = 1.0  # the middle instant: zero displacement, reads the pixel itself
+    out = deform_conv_dense(x.bfloat16(), start, end, weight, bias)
+    assert out.dtype == torch.bfloat16
+    assert out[0, 0, 0].float().argmax().item() == 517
