@@ -25,7 +25,7 @@ ProgressCallback = Callable[[int, int], None]  # (tiles done, tiles total); may 
 class DeblurResult:
     """Output of :func:`deblur`. Maps are at input resolution; batched inputs add a leading B."""
 
-    image: Any  # same kind as the input
+    image: Any  # same kind as the input (None from ``analyze``)
     mask: np.ndarray  # bool [H,W]: the mask actually used (all True for a plain backbone)
     probability: np.ndarray  # float32 [H,W] blur probability (1.0 everywhere for a plain backbone)
     trajectory: np.ndarray | None  # float32 [2,2,H,W]: (start, end) x (dx, dy), input pixels
@@ -83,6 +83,22 @@ def deblur(model: M2AENet, image, *, mask=None, threshold: float = 0.5, pruned: 
     tile: None = automatic by pixel count, 0 = never, N = N x N tiles with overlap.
     progress: called as progress(done, total) after each tile; raise from it to abort.
     """
+    return _run(model, image, mask, threshold, tile, progress, restore=True, pruned=pruned,
+                preserve_sharp=preserve_sharp)
+
+
+def analyze(model: M2AENet, image, *, mask=None, threshold: float = 0.5,
+            tile: int | None = None, progress: ProgressCallback | None = None) -> DeblurResult:
+    """Blur mask, probability and trajectory only, without restoring (``.image`` is None).
+
+    Runs the network only up to its first M2AS stage, so it costs a fraction of ``deblur``;
+    the maps equal those ``deblur`` reports for the same input and settings.
+    """
+    return _run(model, image, mask, threshold, tile, progress, restore=False)
+
+
+def _run(model, image, mask, threshold, tile, progress, *, restore: bool, pruned: bool = True,
+         preserve_sharp: bool = False) -> DeblurResult:
     _check_model(model)
     if not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"threshold must be within 0..1, got {threshold}")
@@ -112,27 +128,29 @@ def deblur(model: M2AENet, image, *, mask=None, threshold: float = 0.5, pruned: 
                     tile_mask = None
                     if user_mask is not None:
                         tile_mask = user_mask[item:item + 1, :, rows, cols].to(device)
-                    out = model(x, mask=tile_mask, threshold=threshold, pruned=pruned)
                     weight = blend_weight(t, h, w, DEFAULT_OVERLAP) if len(tiles) > 1 \
                         else torch.ones(t.height, t.width)
-                    maps.image[:, rows, cols] += out.image[0].float().cpu() * weight
                     maps.weight[rows, cols] += weight
-                    if has_stages:
-                        prob, used, motion = _stage_maps(out.stages, t.height, t.width,
+                    if restore:
+                        out = model(x, mask=tile_mask, threshold=threshold, pruned=pruned)
+                        maps.image[:, rows, cols] += out.image[0].float().cpu() * weight
+                        stages = out.stages
+                        counts = {s.stage: StagePixels(s.masked_pixels, s.dilated_pixels)
+                                  for s in stages}
+                        macs += count_macs(model.config, t.height, t.width,
+                                           counts if pruned and has_stages else None)
+                        dense_macs += count_macs(model.config, t.height, t.width)
+                    else:
+                        first = model.analyze(x, mask=tile_mask, threshold=threshold)
+                        stages = [first] if first is not None else []
+                    if stages:
+                        prob, used, motion = _stage_maps(stages, t.height, t.width,
                                                          tile_mask is not None, tile_mask)
                         maps.probability[rows, cols] += prob.cpu() * weight
                         maps.mask[rows, cols] += used.cpu() * weight
                         maps.trajectory[:, :, rows, cols] += motion.cpu() * weight
-                        counts = {s.stage: StagePixels(s.masked_pixels, s.dilated_pixels)
-                                  for s in out.stages}
-                        first = out.stages[0]
-                        processed += first.masked_pixels
-                        grid_pixels += first.mask[0, 0].numel()
-                        macs += count_macs(model.config, t.height, t.width,
-                                           counts if pruned else None)
-                    else:
-                        macs += count_macs(model.config, t.height, t.width)
-                    dense_macs += count_macs(model.config, t.height, t.width)
+                        processed += stages[0].masked_pixels
+                        grid_pixels += stages[0].mask[0, 0].numel()
                     done += 1
                     if progress is not None:
                         progress(done, total_steps)
@@ -140,7 +158,6 @@ def deblur(model: M2AENet, image, *, mask=None, threshold: float = 0.5, pruned: 
     finally:
         model.train(was_training)
 
-    restored = torch.stack([o[0] for o in outputs])
     masks = np.stack([o[1] for o in outputs])
     probs = np.stack([o[2] for o in outputs])
     trajectories = np.stack([o[3] for o in outputs]) if has_stages else None
@@ -148,16 +165,17 @@ def deblur(model: M2AENet, image, *, mask=None, threshold: float = 0.5, pruned: 
         masks, probs = masks[0], probs[0]
         trajectories = trajectories[0] if trajectories is not None else None
     stats = {
-        "macs": int(macs),
-        "dense_macs": int(dense_macs),
         "fraction_processed": processed / grid_pixels if grid_pixels else 1.0,
         "seconds": time.perf_counter() - started,
         "tiles": len(tiles),
         "pixels": h * w,
         "device": str(device),
-        "pruned": bool(pruned and has_stages),
     }
-    return DeblurResult(imageio.from_tensor(restored, meta), masks, probs, trajectories, stats)
+    restored = None
+    if restore:
+        stats.update(macs=int(macs), dense_macs=int(dense_macs), pruned=bool(pruned and has_stages))
+        restored = imageio.from_tensor(torch.stack([o[0] for o in outputs]), meta)
+    return DeblurResult(restored, masks, probs, trajectories, stats)
 
 
 def _finish_item(maps: _Maps, original: torch.Tensor, has_stages: bool, preserve_sharp: bool):

@@ -115,8 +115,9 @@ class M2ASStage(nn.Module):
     def blocks(self):
         return [getattr(self, str(i)) for i in range(self.num_blocks)]
 
-    def forward(self, x: torch.Tensor, user_mask: torch.Tensor | None = None,
-                threshold: float = 0.5, pruned: bool = False) -> tuple[torch.Tensor, StageOutput]:
+    def analyze(self, x: torch.Tensor, user_mask: torch.Tensor | None = None,
+                threshold: float = 0.5) -> StageOutput:
+        """The stage's decision from its input features: blur mask and (gated) trajectory."""
         logits = self.mask_predictor(x)
         probability = torch.softmax(logits, dim=1)[:, :1]
         if user_mask is not None:
@@ -130,15 +131,21 @@ class M2ASStage(nn.Module):
         if self.gate_trajectory:
             gate = mask.to(x.dtype)
             start, end = start * gate, end * gate
+        masked = int((mask > 0.5).sum())
+        return StageOutput(self.stage, 2 ** self.stage, logits, probability, mask, start, end,
+                           masked, masked)
+
+    def forward(self, x: torch.Tensor, user_mask: torch.Tensor | None = None,
+                threshold: float = 0.5, pruned: bool = False) -> tuple[torch.Tensor, StageOutput]:
         if pruned and self.training:
             raise RuntimeError("pruned evaluation needs eval mode (a binary mask)")
+        info = self.analyze(x, user_mask, threshold)
         # Training samples the gated trajectory only on the mask too: same values as the dense
         # path; it drops only the gradient towards switching on unmasked pixels through the
         # trajectory (the mask-aware conv and L_mask still carry it), and saves ~1/3 of a step.
-        plan = PrunePlan.from_mask(mask > 0.5) if pruned or self.training else None
+        plan = PrunePlan.from_mask(info.mask > 0.5) if pruned or self.training else None
         for block in self.blocks():
-            x = block(x, mask, start, end, plan, self.gate_trajectory, pruned)
-        masked = plan.masked if plan is not None else int((mask > 0.5).sum())
-        dilated = plan.dilated if plan is not None else masked
-        return x, StageOutput(self.stage, 2 ** self.stage, logits, probability, mask, start, end,
-                              masked, dilated)
+            x = block(x, info.mask, info.start, info.end, plan, self.gate_trajectory, pruned)
+        if plan is not None:
+            info.dilated_pixels = plan.dilated
+        return x, info

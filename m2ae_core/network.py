@@ -50,6 +50,34 @@ class M2AENet(nn.Module):
             channels //= 2
             self.decoders.append(nn.Sequential(*[NAFBlock(channels) for _ in range(blocks)]))
 
+    def _stage_masks(self, image: torch.Tensor, mask: torch.Tensor | None):
+        """User mask padded like the image, max-pooled to each M2AS stage's grid."""
+        if mask is None:
+            return {}
+        padded = pad_to_multiple(mask.to(image.dtype), self.config.pad_multiple)
+        return {s: F.max_pool2d(padded, 2 ** s, 2 ** s) > 0.5 for s in self.config.m2as_stages}
+
+    def _intro(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        padded = pad_to_multiple(image, self.config.pad_multiple)
+        # Channels-last: pixel-wise ops (layer norm, gathers of pixel rows) read contiguous
+        # channel vectors; 2x faster on CPU than NCHW for the same convolutions.
+        padded = padded.contiguous(memory_format=torch.channels_last)
+        return padded, self.intro(padded)
+
+    def analyze(self, image: torch.Tensor, mask: torch.Tensor | None = None,
+                threshold: float = 0.5) -> StageOutput | None:
+        """Blur mask and trajectory of the shallowest M2AS stage, without restoring the image:
+        runs only the network up to that stage's input (None for a plain backbone)."""
+        if not self.config.m2as_stages:
+            return None
+        stage_masks = self._stage_masks(image, mask)
+        _, x = self._intro(image)
+        for encoder, down in zip(self.encoders, self.downs):
+            if isinstance(encoder, M2ASStage):
+                return encoder.analyze(x, stage_masks.get(encoder.stage), threshold)
+            x = down(encoder(x))
+        raise AssertionError("unreachable: config lists an M2AS stage")
+
     def forward(self, image: torch.Tensor, mask: torch.Tensor | None = None,
                 threshold: float = 0.5, pruned: bool | None = None) -> NetworkOutput:
         """Restore ``image`` [B,3,H,W] (0..1).
@@ -60,22 +88,12 @@ class M2AENet(nn.Module):
         if pruned is None:
             pruned = not self.training
         h, w = image.shape[-2:]
-        padded = pad_to_multiple(image, self.config.pad_multiple)
-        padded_mask = None
-        if mask is not None:
-            padded_mask = pad_to_multiple(mask.to(image.dtype), self.config.pad_multiple)
-        # Channels-last: pixel-wise ops (layer norm, gathers of pixel rows) read contiguous
-        # channel vectors; 2x faster on CPU than NCHW for the same convolutions.
-        padded = padded.contiguous(memory_format=torch.channels_last)
-        x = self.intro(padded)
+        stage_masks = self._stage_masks(image, mask)
+        padded, x = self._intro(image)
         skips, stages = [], []
         for encoder, down in zip(self.encoders, self.downs):
             if isinstance(encoder, M2ASStage):
-                stage_mask = None
-                if padded_mask is not None:
-                    scale = 2 ** encoder.stage
-                    stage_mask = F.max_pool2d(padded_mask, scale, scale) > 0.5
-                x, info = encoder(x, stage_mask, threshold, pruned)
+                x, info = encoder(x, stage_masks.get(encoder.stage), threshold, pruned)
                 stages.append(info)
             else:
                 x = encoder(x)

@@ -19,7 +19,7 @@ from typing_extensions import override
 import comfy.model_management as model_management
 import comfy.utils
 from comfy_api.latest import ComfyExtension, io
-from m2ae_core import DeblurResult, M2AEError, deblur
+from m2ae_core import DeblurResult, M2AEError, analyze, deblur
 from m2ae_core.tiling import MIN_TILE, resolve_tile_size
 from m2ae_core.visualize import trajectory_to_rgb
 
@@ -118,8 +118,12 @@ def _make_room(m: M2AEModel, image: torch.Tensor, tile: int | None) -> None:
 
 
 def run_deblur(m: M2AEModel, image: torch.Tensor, *, mask=None, threshold: float = 0.5,
-               preserve_sharp: bool = False, tile: int | None = None) -> list[DeblurResult]:
-    """``m2ae_core.deblur`` on each batch item, with ComfyUI's progress bar and cancel button."""
+               preserve_sharp: bool = False, tile: int | None = None,
+               maps_only: bool = False) -> list[DeblurResult]:
+    """``m2ae_core.deblur`` on each batch item, with ComfyUI's progress bar and cancel button.
+
+    ``maps_only``: ``m2ae_core.analyze`` instead (mask, probability, trajectory; no restore).
+    """
     if not isinstance(m, M2AEModel):
         raise M2AEError("M2AE: the m2ae_model input must come from a 'Load M2AE Model' node")
     image = _check_image(image)
@@ -138,12 +142,17 @@ def run_deblur(m: M2AEModel, image: torch.Tensor, *, mask=None, threshold: float
                 pbar.update_absolute(item * total + done, batch * total)
                 model_management.throw_exception_if_processing_interrupted()
 
+            item_mask = None if masks is None else masks[item]
             with torch.inference_mode():
-                results.append(deblur(network, image[item:item + 1],
-                                      mask=None if masks is None else masks[item],
-                                      threshold=float(threshold), pruned=True,
-                                      preserve_sharp=bool(preserve_sharp), tile=tile,
-                                      progress=progress))
+                if maps_only:
+                    results.append(analyze(network, image[item:item + 1], mask=item_mask,
+                                           threshold=float(threshold), tile=tile,
+                                           progress=progress))
+                else:
+                    results.append(deblur(network, image[item:item + 1], mask=item_mask,
+                                          threshold=float(threshold), pruned=True,
+                                          preserve_sharp=bool(preserve_sharp), tile=tile,
+                                          progress=progress))
     finally:
         if m.offload_device != m.device:
             network.to(m.offload_device)
@@ -225,7 +234,7 @@ class M2AEPredictBlurMask(io.ComfyNode):
 
     @classmethod
     def execute(cls, m2ae_model, image, threshold) -> io.NodeOutput:
-        results = run_deblur(m2ae_model, image, threshold=threshold)
+        results = run_deblur(m2ae_model, image, threshold=threshold, maps_only=True)
         return io.NodeOutput(_masks(results, "mask"), _masks(results, "probability"))
 
 
@@ -256,7 +265,7 @@ class M2AEEstimateTrajectory(io.ComfyNode):
             raise M2AEError(f"M2AE: '{m2ae_model.name}' is a plain NAFNet backbone without the "
                             "motion-aware stage, so it estimates no trajectory; load an M2AE "
                             "model (such as the bundled default)")
-        results = run_deblur(m2ae_model, image, threshold=threshold)
+        results = run_deblur(m2ae_model, image, threshold=threshold, maps_only=True)
         trajectory = torch.stack([torch.from_numpy(np.asarray(r.trajectory, np.float32))
                                   for r in results])  # [B,2,2,H,W]
         motion = torch.linalg.vector_norm(trajectory[:, 1] - trajectory[:, 0], dim=1)

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from conftest import randomize_
-from m2ae_core import ImageInputError, build_model, deblur
+from m2ae_core import ImageInputError, analyze, build_model, deblur
 from m2ae_core.tiling import AUTO_TILE_SIZE, resolve_tile_size, tile_grid
 
 
@@ -155,3 +155,23 @@ def test_bad_inputs_raise_clear_errors(model):
 def test_tiny_and_odd_sizes(model, size):
     arr = np.full(size + (3,), 128, np.uint8)
     assert deblur(model, arr).image.shape == arr.shape
+
+
+def test_analyze_gives_the_maps_of_deblur_without_restoring(model):
+    image = photo(48, 64)
+    full = deblur(model, image)
+    quick = analyze(model, image)
+    assert quick.image is None
+    assert np.array_equal(quick.mask, full.mask)
+    assert np.allclose(quick.probability, full.probability, atol=1e-6)
+    assert np.allclose(quick.trajectory, full.trajectory, atol=1e-5)
+    assert quick.stats["fraction_processed"] == full.stats["fraction_processed"]
+    user = np.zeros((48, 64), bool)
+    user[:8, :8] = True
+    assert np.array_equal(analyze(model, image, mask=user).mask, deblur(model, image, mask=user).mask)
+
+
+def test_analyze_plain_backbone_marks_everything():
+    plain = build_model("nafnet-small", width=8).eval()
+    result = analyze(plain, photo())
+    assert result.mask.all() and result.trajectory is None
