@@ -172,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_command(commands)
     _add_train_command(commands)
     _add_demo_command(commands)
+    _add_bench_command(commands)
     return parser
 
 
@@ -204,6 +205,19 @@ def _add_train_command(commands) -> None:
                                             "with torchrun. See configs/.")
     add_train_arguments(train)
     train.set_defaults(handler=run_train)
+
+
+def _add_bench_command(commands) -> None:
+    from .benchmark import add_bench_arguments, run_bench
+
+    bench = commands.add_parser("bench", help="performance benchmark: pruned vs dense vs NAFNet",
+                                description="Wall time, peak memory and MACs of the pruned and "
+                                            "dense paths and the plain NAFNet backbone across "
+                                            "blur fractions and sizes, one fresh process per "
+                                            "cell; writes bench.json, bench.md and bench.png "
+                                            "(the plot needs: pip install -e '.[bench]').")
+    add_bench_arguments(bench)
+    bench.set_defaults(handler=run_bench)
 
 
 def _add_demo_command(commands) -> None:

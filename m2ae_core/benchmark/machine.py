@@ -1,0 +1,85 @@
+"""Where and how a measurement ran: machine description, peak memory, timers."""
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import sys
+import time
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_info(device: str, threads: int | None) -> dict:
+    """CPU model, cores, threads, torch version, device: the header of every report."""
+    import torch
+
+    info = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "threads": threads if threads is not None else torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": device,
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process.
+
+    On Linux this is ``VmHWM`` of /proc/self/status: the peak of this process's own address
+    space. ``getrusage(RUSAGE_SELF).ru_maxrss`` is not used there because Linux carries the
+    parent's peak over ``fork``/``exec``: a child of a 1 GB parent reports at least 1 GB.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return usage if sys.platform == "darwin" else usage * 1024
+
+
+class Timer:
+    """Seconds of one call: perf_counter on CPU, CUDA events (synchronised) on a GPU."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith("cuda")
+
+    def __call__(self, fn):
+        if not self.cuda:
+            start = time.perf_counter()
+            result = fn()
+            return time.perf_counter() - start, result
+        import torch
+
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        begin.record()
+        result = fn()
+        end.record()
+        torch.cuda.synchronize()
+        return begin.elapsed_time(end) / 1000.0, result
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
