@@ -168,56 +168,38 @@ def build_parser() -> argparse.ArgumentParser:
     add_deblur_arguments(commands.add_parser(
         "deblur", help="restore images (files or folders)",
         description="Restore locally motion-blurred images with the bundled or a given model."))
-    _add_synth_command(commands)
-    _add_eval_command(commands)
-    _add_train_command(commands)
+    for spec in MODULE_COMMANDS:
+        _add_module_command(commands, *spec)
     _add_demo_command(commands)
-    _add_bench_command(commands)
     return parser
 
 
-def _add_synth_command(commands) -> None:
-    from .data.bench import add_synth_arguments, run_synth
-
-    synth = commands.add_parser("synth", help="write a synthetic local-blur dataset",
-                                description="Render (blur, sharp, mask, trajectory) samples; "
-                                            "--preset bench regenerates the frozen benchmark.")
-    add_synth_arguments(synth)
-    synth.set_defaults(handler=run_synth)
-
-
-def _add_eval_command(commands) -> None:
-    from .evaluate import add_eval_arguments, run_eval
-
-    evaluate = commands.add_parser("eval", help="evaluate a model on blurred/sharp pairs",
-                                   description="PSNR, SSIM, weighted PSNR/SSIM, sharp-pixel PSNR, "
-                                               "mask IoU/F1, trajectory EPE, MACs and seconds; "
-                                               "writes results.json and results.md.")
-    add_eval_arguments(evaluate)
-    evaluate.set_defaults(handler=run_eval)
+# Commands living in their own modules: (name, module, help, description). Each module
+# provides add_<name>_arguments(parser) and run_<name>(args) -> int.
+MODULE_COMMANDS = [
+    ("synth", ".data.bench", "write a synthetic local-blur dataset",
+     "Render (blur, sharp, mask, trajectory) samples; --preset bench regenerates the frozen "
+     "benchmark."),
+    ("eval", ".evaluate", "evaluate a model on blurred/sharp pairs",
+     "PSNR, SSIM, weighted PSNR/SSIM, sharp-pixel PSNR, mask IoU/F1, trajectory EPE, MACs and "
+     "seconds; writes results.json and results.md."),
+    ("train", ".training.trainer", "train a model from a YAML/TOML config",
+     "Train (and exactly resume) a model; multi-process with torchrun. See configs/."),
+    ("bench", ".benchmark", "performance benchmark: pruned vs dense vs NAFNet",
+     "Wall time, peak memory and MACs of the pruned and dense paths and the plain NAFNet "
+     "backbone across blur fractions and sizes, one fresh process per cell; writes bench.json, "
+     "bench.md and bench.png (the plot needs: pip install -e '.[bench]')."),
+]
 
 
-def _add_train_command(commands) -> None:
-    from .training.trainer import add_train_arguments, run_train
+def _add_module_command(commands, name: str, module_name: str, summary: str,
+                        description: str) -> None:
+    import importlib
 
-    train = commands.add_parser("train", help="train a model from a YAML/TOML config",
-                                description="Train (and exactly resume) a model; multi-process "
-                                            "with torchrun. See configs/.")
-    add_train_arguments(train)
-    train.set_defaults(handler=run_train)
-
-
-def _add_bench_command(commands) -> None:
-    from .benchmark import add_bench_arguments, run_bench
-
-    bench = commands.add_parser("bench", help="performance benchmark: pruned vs dense vs NAFNet",
-                                description="Wall time, peak memory and MACs of the pruned and "
-                                            "dense paths and the plain NAFNet backbone across "
-                                            "blur fractions and sizes, one fresh process per "
-                                            "cell; writes bench.json, bench.md and bench.png "
-                                            "(the plot needs: pip install -e '.[bench]').")
-    add_bench_arguments(bench)
-    bench.set_defaults(handler=run_bench)
+    module = importlib.import_module(module_name, __package__)
+    parser = commands.add_parser(name, help=summary, description=description)
+    getattr(module, f"add_{name}_arguments")(parser)
+    parser.set_defaults(handler=getattr(module, f"run_{name}"))
 
 
 def _add_demo_command(commands) -> None:
