@@ -164,6 +164,11 @@ def _check_size(width: int, height: int, max_pixels: int, name: str) -> None:
         )
 
 
+def _corrupt(name: str) -> ImageInputError:
+    return ImageInputError(
+        f"cannot read '{name}': file is truncated or corrupt (re-export or re-download it)")
+
+
 def _pil_open(data: bytes, name: str, max_pixels: int) -> Image.Image:
     """Parse the header with Pillow (no pixel decoding) and check the size.
 
@@ -202,9 +207,7 @@ def _pil_open(data: bytes, name: str, max_pixels: int) -> Image.Image:
         except MemoryError:
             raise
         except Exception:
-            raise ImageInputError(
-                f"cannot read '{name}': file is truncated or corrupt (re-export or re-download it)"
-            ) from None
+            raise _corrupt(name) from None
     _check_size(im.width, im.height, max_pixels, name)
     return im
 
@@ -245,9 +248,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
     except MemoryError:
         raise
     except Exception:
-        raise ImageInputError(
-            f"cannot read '{name}': file is truncated or corrupt (re-export or re-download it)"
-        ) from None
+        raise _corrupt(name) from None
     return _upright(im, name)
 
 
