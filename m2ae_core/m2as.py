@@ -69,19 +69,24 @@ class M2ASBlock(NAFBlock):
         """Without ``plan``: the dense reference formula everywhere. With it, the trajectory is
         sampled only on the mask (exact when ``gated``), and ``prune_conv`` also restricts the
         mask-aware conv to the mask (eval only: it has no gradient towards the mask)."""
-        f1 = self.norm1(x)
-        if plan is not None and prune_conv:
-            f2 = masked_conv_pruned(f1, plan, self.conv1, self.conv2)
-        else:
-            f2 = masked_conv_dense(f1, mask, self.conv1, self.conv2)
-        f3 = simple_gate(f2)
-        mid = x + self.beta * self.conv3(f3 * self.sca(f3))
+        mid = self.masked_spatial_mix(x, mask, plan if prune_conv else None)
         f4 = self.conv4(self.norm2(mid))
         if plan is not None and gated:
             f5 = self._deform_pruned(f4, plan, start, end)
         else:
             f5 = self.dconv(f4, start, end)
         return mid + self.gamma * self.conv5(simple_gate(f5))
+
+    def masked_spatial_mix(self, x: torch.Tensor, mask: torch.Tensor,
+                           plan: PrunePlan | None = None) -> torch.Tensor:
+        """First half with its residual: the mask-aware conv, pruned when ``plan`` is given."""
+        f1 = self.norm1(x)
+        if plan is not None:
+            f2 = masked_conv_pruned(f1, plan, self.conv1, self.conv2)
+        else:
+            f2 = masked_conv_dense(f1, mask, self.conv1, self.conv2)
+        f3 = simple_gate(f2)
+        return x + self.beta * self.conv3(f3 * self.sca(f3))
 
     def _deform_pruned(self, f4, plan: PrunePlan, start, end) -> torch.Tensor:
         # Gated trajectory: outside the mask every tap reads the pixel itself.

@@ -65,6 +65,6 @@ def blend_weight(tile: Tile, height: int, width: int, overlap: int = DEFAULT_OVE
             weight = torch.minimum(weight, (size - pos) / (overlap + 1))
         return weight
 
-    overlap = max(1, min(overlap, tile.height // 2 if tile.height < height else overlap,
-                         tile.width // 2 if tile.width < width else overlap))
+    # as in tile_grid; along a side the tile spans completely the ramp is flat anyway
+    overlap = max(1, min(overlap, tile.height // 2, tile.width // 2))
     return ramp(tile.top, tile.height, height)[:, None] * ramp(tile.left, tile.width, width)[None, :]

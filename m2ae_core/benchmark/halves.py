@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..m2as import M2ASBlock, M2ASStage
-from ..masked_conv import PrunePlan, masked_conv_dense, masked_conv_pruned
+from ..masked_conv import PrunePlan
 from ..layers import simple_gate
 
 
@@ -34,23 +34,13 @@ def _masked_linear(rows: torch.Tensor, conv, index: torch.Tensor, rep: int) -> t
     return out
 
 
-def _first_half(block: M2ASBlock, x, mask, plan, prune_conv):
-    f1 = block.norm1(x)
-    if plan is not None and prune_conv:
-        f2 = masked_conv_pruned(f1, plan, block.conv1, block.conv2)
-    else:
-        f2 = masked_conv_dense(f1, mask, block.conv1, block.conv2)
-    f3 = simple_gate(f2)
-    return x + block.beta * block.conv3(f3 * block.sca(f3))
-
-
 def forward_both_halves(block: M2ASBlock, x: torch.Tensor, mask: torch.Tensor,
                         start: torch.Tensor, end: torch.Tensor, plan: PrunePlan | None = None,
                         gated: bool = True, prune_conv: bool = False) -> torch.Tensor:
     """An M2AS block with both halves masked; pruned when ``plan`` and ``prune_conv`` are given."""
     if plan is None or not prune_conv or not gated:
         return reference_both_halves(block, x, mask, start, end)
-    mid = _first_half(block, x, mask, plan, prune_conv)
+    mid = block.masked_spatial_mix(x, mask, plan)
     b, c, h, w = mid.shape
     if plan.masked == plan.total:
         f4 = block.conv4(block.norm2(mid))
@@ -69,7 +59,7 @@ def forward_both_halves(block: M2ASBlock, x: torch.Tensor, mask: torch.Tensor,
 
 def reference_both_halves(block: M2ASBlock, x, mask, start, end) -> torch.Tensor:
     """The dense formula of the prototype (every pixel through everything, then selected)."""
-    mid = _first_half(block, x, mask, None, False)
+    mid = block.masked_spatial_mix(x, mask)
     m = mask.to(x.dtype)
     normed = block.norm2(mid)
     f4 = block.conv4(normed) * m + torch.cat((normed, normed), 1) * (1 - m)
