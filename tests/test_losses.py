@@ -120,6 +120,23 @@ def test_mask_cross_entropy_hand_computed():
     assert mask_cross_entropy(logits, small).item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_balanced_mask_cross_entropy_weighs_classes_alike():
+    # Three sharp pixels and one blurred pixel: balanced = mean of the two class means.
+    logits = torch.tensor([[[[1.0, 0.0, 0.0, -1.0]], [[0.0, 0.0, 2.0, 0.0]]]])  # [1,2,1,4]
+    small = torch.tensor([[[[1.0, 0.0, 0.0, 0.0]]]])
+    ce = [math.log(1 + math.exp(-1.0)),  # blurred pixel, logit margin +1 for class 0
+          math.log(2.0), math.log(1 + math.exp(-2.0)), math.log(1 + math.exp(-1.0))]
+    plain = sum(ce) / 4
+    balanced = (ce[0] + sum(ce[1:]) / 3) / 2
+    assert mask_cross_entropy(logits, small).item() == pytest.approx(plain, rel=1e-6)
+    assert mask_cross_entropy(logits, small, balanced=True).item() == pytest.approx(balanced,
+                                                                                    rel=1e-6)
+    # With one class only (a global sample), balanced equals the plain mean.
+    ones = torch.ones_like(small)
+    assert mask_cross_entropy(logits, ones, balanced=True).item() == pytest.approx(
+        mask_cross_entropy(logits, ones).item(), rel=1e-6)
+
+
 def test_to_stage_grid_pads_like_the_network():
     x = torch.ones(1, 1, 6, 6)
     area = to_stage_grid(x, 4, (2, 2), "area")  # padded to 8x8 with zeros

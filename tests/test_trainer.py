@@ -94,6 +94,25 @@ def test_short_run_writes_log_checkpoint_and_weights(straight_run):
     assert model.config.width == 8 and model.config.m2as_stages == (2, 3)
 
 
+def test_init_weights_starts_a_fresh_run_from_trained_weights(straight_run, photos, tmp_path):
+    init = straight_run / "final.safetensors"
+    cfg = _tiny_config(photos, tmp_path / "run", steps=1, val_every=0)
+    cfg["model"]["init_weights"] = str(init)
+    cfg["optim"] = {"lr": 1e-12, "min_lr": 1e-12}  # one step that cannot move the weights
+    train(load_config(_write_yaml(tmp_path / "cfg.yaml", cfg)))
+    from safetensors.torch import load_file
+
+    start, after = load_file(init), load_file(tmp_path / "run" / "final.safetensors")
+    assert start.keys() == after.keys()
+    for key in start:
+        torch.testing.assert_close(after[key], start[key], rtol=0, atol=1e-9)
+    # A different architecture is refused with a message naming the setting.
+    cfg["out_dir"] = str(tmp_path / "run2")
+    cfg["model"]["overrides"] = {"width": 16}
+    with pytest.raises(Exception, match="init_weights"):
+        train(load_config(_write_yaml(tmp_path / "cfg2.yaml", cfg)))
+
+
 def test_exact_resume_is_bitwise(straight_run, photos, tmp_path):
     cfg = _write_yaml(tmp_path / "cfg.yaml", _tiny_config(photos, tmp_path / "run"))
     assert main(["--config", str(cfg), "--stop-at", "3"]) == 0

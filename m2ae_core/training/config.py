@@ -35,6 +35,9 @@ __all__ = ["ModelSection", "DataSection", "OptimSection", "TrainConfig", "load_c
 class ModelSection:
     preset: str = "small"
     overrides: dict = field(default_factory=dict)  # M2AEConfig fields, e.g. {width: 8}
+    # Fine-tuning: start a fresh run from these weights (any source load_model accepts;
+    # its architecture must equal preset + overrides). Ignored when resuming a checkpoint.
+    init_weights: str | None = None
 
 
 @dataclass

@@ -176,13 +176,20 @@ def to_stage_grid(x: torch.Tensor, scale: int, size: tuple[int, int], mode: str)
     raise ValueError(f"unknown mode {mode!r}")
 
 
-def mask_cross_entropy(logits: torch.Tensor, mask_small: torch.Tensor) -> torch.Tensor:
+def mask_cross_entropy(logits: torch.Tensor, mask_small: torch.Tensor,
+                       balanced: bool = False) -> torch.Tensor:
     """Cross-entropy of stage logits [B,2,h,w] (channel 0 = blurred) vs a mask [B,1,h,w].
 
     ``mask_small`` > 0.5 means blurred (class 0); everything else is sharp (class 1).
+    ``balanced``: the mean of the per-class mean losses, so a small blurred object counts as
+    much as the background around it (classes absent from the batch are left out).
     """
     target = (mask_small[:, 0] <= 0.5).long()
-    return F.cross_entropy(logits.float(), target)
+    if not balanced:
+        return F.cross_entropy(logits.float(), target)
+    per_pixel = F.cross_entropy(logits.float(), target, reduction="none")
+    class_means = [per_pixel[target == c].mean() for c in (0, 1) if bool((target == c).any())]
+    return torch.stack(class_means).mean()
 
 
 @dataclass
@@ -195,6 +202,7 @@ class LossConfig:
     # Extra L1 weight of blurred pixels: weight = 1 + l1_mask_weight * mask.
     l1_mask_weight: float = 1.0
     mask_weight: float = 0.01  # L_mask coefficient
+    mask_balanced: bool = False  # class-balanced L_mask (blurred and sharp pixels weigh alike)
     offset_weight: float = 1.0  # L_offset coefficient
     reblur_weight: float = 1.0  # inside L_offset
     tv_weight: float = 0.01  # alpha, inside L_offset
@@ -243,7 +251,8 @@ class M2AELoss(nn.Module):
             for info in stages:
                 size = tuple(info.logits.shape[-2:])
                 ce = mask_cross_entropy(info.logits, to_stage_grid(gt_mask.float(), info.scale,
-                                                                    size, "max"))
+                                                                    size, "max"),
+                                        cfg.mask_balanced)
                 sharp_small = to_stage_grid(sharp.float(), info.scale, size, "area")
                 blur_small = to_stage_grid(blur.float(), info.scale, size, "area")
                 start, end = info.start.float(), info.end.float()

@@ -253,6 +253,17 @@ def train(config: TrainConfig) -> dict:
         torch.set_num_threads(previous_threads)
 
 
+def _load_initial_weights(model: torch.nn.Module, source: str) -> None:
+    """Copy trained weights into a fresh model (fine-tuning); the architectures must match."""
+    from ..weights import load_model
+
+    trained = load_model(source, device="cpu")
+    if trained.config != model.config:
+        raise M2AEError(f"model.init_weights {source!r} holds a different architecture "
+                        f"({trained.config}) than the configured model ({model.config})")
+    model.load_state_dict(trained.state_dict())
+
+
 def _train(config: TrainConfig, world: int, rank: int, device: torch.device) -> dict:
     from ..network import build_model
     from ..weights import save_weights
@@ -306,6 +317,8 @@ def _train(config: TrainConfig, world: int, rank: int, device: torch.device) -> 
                       file=sys.stderr)
         del ckpt
     else:
+        if config.model.init_weights:
+            _load_initial_weights(model, config.model.init_weights)
         _seed_all(config.seed * 1009 + rank)  # ranks differ in their Gumbel noise
     # Make the scheduler use the (possibly changed) total step count from here on.
     for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
