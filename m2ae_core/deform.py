@@ -41,33 +41,66 @@ def deform_conv_dense(x: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
     return (sampled * weight.view(1, c, taps, 1, 1)).sum(2) + bias.view(1, c, 1, 1)
 
 
+def bilinear_taps(ys: torch.Tensor, xs: torch.Tensor, height: int, width: int,
+                  batch_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bilinear corners of sampling points, as rows of a channels-last [B*H*W, C] matrix.
+
+    ys/xs [...] float pixel coordinates, batch_index broadcastable to them. Returns the row
+    index and weight of the four corners, each [..., 4]; a corner outside the image gets
+    weight 0 (zero padding, like grid_sample) and a harmless in-range index.
+    """
+    y0, x0 = ys.floor(), xs.floor()
+    fy, fx = ys - y0, xs - x0
+    y0, x0 = y0.long(), x0.long()
+    rows, weights = [], []
+    for dy, dx, wy, wx in ((0, 0, 1 - fy, 1 - fx), (0, 1, 1 - fy, fx),
+                           (1, 0, fy, 1 - fx), (1, 1, fy, fx)):
+        y, x = y0 + dy, x0 + dx
+        inside = (y >= 0) & (y < height) & (x >= 0) & (x < width)
+        rows.append((batch_index * height + y.clamp(0, height - 1)) * width
+                    + x.clamp(0, width - 1))
+        weights.append(wy * wx * inside)
+    return torch.stack(rows, -1), torch.stack(weights, -1)
+
+
+def deform_conv_rows(rows: torch.Tensor, shape: tuple[int, int, int], batch_index: torch.Tensor,
+                     ys: torch.Tensor, xs: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
+                     weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Deformable depthwise conv at Q chosen pixels of a channels-last feature matrix.
+
+    rows [B*H*W, C] (pixel (b, y, x) is row (b*H + y)*W + x); shape (B, H, W);
+    batch_index/ys/xs [Q] integer positions; start/end [Q,2]. Returns [Q, C].
+    Each tap is one ``embedding_bag`` over its four bilinear corners: a gather and a weighted
+    sum in one kernel, reading only the Q*36 rows it needs (no copy of the feature map).
+    """
+    if rows.dtype in (torch.float16, torch.bfloat16):  # half-precision coordinates lose pixels
+        return deform_conv_rows(rows.float(), shape, batch_index, ys, xs, start.float(),
+                                end.float(), weight.float(), bias.float()).to(rows.dtype)
+    _, h, w = shape
+    offsets = trajectory_instants(start, end, weight.shape[1])  # [Q,9,2]
+    sample_x = xs.to(rows.dtype).unsqueeze(1) + offsets[..., 0]
+    sample_y = ys.to(rows.dtype).unsqueeze(1) + offsets[..., 1]
+    corner_rows, corner_weights = bilinear_taps(sample_y, sample_x, h, w,
+                                                batch_index.unsqueeze(1))  # [Q,9,4]
+    out = bias.expand(batch_index.numel(), -1)
+    for tap in range(weight.shape[1]):
+        sampled = F.embedding_bag(corner_rows[:, tap], rows, mode="sum",
+                                  per_sample_weights=corner_weights[:, tap])
+        out = torch.addcmul(out, sampled, weight[:, tap])
+    return out
+
+
 def deform_conv_at(x: torch.Tensor, batch_index: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor,
                    start: torch.Tensor, end: torch.Tensor, weight: torch.Tensor,
                    bias: torch.Tensor) -> torch.Tensor:
     """Deformable depthwise conv at Q chosen pixels only.
 
     x [B,C,H,W]; batch_index/ys/xs [Q] integer pixel positions; start/end [Q,2] displacements.
-    Returns [Q,C]. Samples 9*Q points, one ``grid_sample`` call per batch item present.
+    Returns [Q,C]. Samples 9*Q points (no copy when ``x`` is channels-last).
     """
-    if x.dtype in (torch.float16, torch.bfloat16):  # half-precision coordinates lose pixels
-        return deform_conv_at(x.float(), batch_index, ys, xs, start.float(), end.float(),
-                              weight.float(), bias.float()).to(x.dtype)
     b, c, h, w = x.shape
-    taps = weight.shape[1]
-    offsets = trajectory_instants(start, end, taps)  # [Q,9,2]
-    gx = _normalise(xs.to(x.dtype).unsqueeze(1) + offsets[..., 0], w)
-    gy = _normalise(ys.to(x.dtype).unsqueeze(1) + offsets[..., 1], h)
-    grid = torch.stack((gx, gy), dim=-1)  # [Q,9,2]
-    out = x.new_empty(batch_index.numel(), c)
-    for item in range(b):
-        rows = (batch_index == item).nonzero().squeeze(1)
-        if rows.numel() == 0:
-            continue
-        item_grid = grid.index_select(0, rows).transpose(0, 1).unsqueeze(0)  # [1,9,Qi,2]
-        sampled = F.grid_sample(x[item:item + 1], item_grid, mode="bilinear",
-                                padding_mode="zeros", align_corners=False)  # [1,C,9,Qi]
-        out[rows] = torch.einsum("cnq,cn->qc", sampled[0], weight) + bias
-    return out
+    rows = x.permute(0, 2, 3, 1).reshape(-1, c)
+    return deform_conv_rows(rows, (b, h, w), batch_index, ys, xs, start, end, weight, bias)
 
 
 class MotionDeformConv(nn.Module):
@@ -85,4 +118,13 @@ class MotionDeformConv(nn.Module):
     def static(self, x: torch.Tensor) -> torch.Tensor:
         """Output where the displacement is zero: every tap reads the pixel itself."""
         scale = self.weight.sum(1).view(1, -1, 1, 1)
-        return x * scale + self.bias.view(1, -1, 1, 1)
+        return torch.addcmul(self.bias.view(1, -1, 1, 1), x, scale)
+
+    def static_gated_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """``simple_gate(static(.))`` on channels-last rows [..., 2C] -> [..., C], without
+        materialising the 2C-channel static output (one pass fewer over the largest map)."""
+        scale, bias = self.weight.sum(1), self.bias
+        half = rows.shape[-1] // 2
+        first = torch.addcmul(bias[:half], rows[..., :half], scale[:half])
+        second = torch.addcmul(bias[half:], rows[..., half:], scale[half:])
+        return first * second if torch.is_grad_enabled() else first.mul_(second)

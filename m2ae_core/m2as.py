@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .deform import MotionDeformConv, deform_conv_at
+from .deform import MotionDeformConv, deform_conv_rows
 from .layers import Conv1x1, LayerNorm2d, NAFBlock, simple_gate
-from .masked_conv import PrunePlan, masked_conv_dense, masked_conv_pruned
+from .masked_conv import PrunePlan, masked_conv_dense, masked_gated_conv_pruned
 
 
 class MaskPredictor(nn.Module):
@@ -72,33 +72,50 @@ class M2ASBlock(NAFBlock):
         mid = self.masked_spatial_mix(x, mask, plan if prune_conv else None)
         f4 = self.conv4(self.norm2(mid))
         if plan is not None and gated:
-            f5 = self._deform_pruned(f4, plan, start, end)
+            f5 = self.gated_deform_pruned(f4, plan, start, end)
         else:
-            f5 = self.dconv(f4, start, end)
-        return mid + self.gamma * self.conv5(simple_gate(f5))
+            f5 = simple_gate(self.dconv(f4, start, end))
+        return mid + self.gamma * self.conv5(f5)
 
     def masked_spatial_mix(self, x: torch.Tensor, mask: torch.Tensor,
                            plan: PrunePlan | None = None) -> torch.Tensor:
         """First half with its residual: the mask-aware conv, pruned when ``plan`` is given."""
         f1 = self.norm1(x)
         if plan is not None:
-            f2 = masked_conv_pruned(f1, plan, self.conv1, self.conv2)
+            f3 = masked_gated_conv_pruned(f1, plan, self.conv1, self.conv2)
         else:
-            f2 = masked_conv_dense(f1, mask, self.conv1, self.conv2)
-        f3 = simple_gate(f2)
+            f3 = simple_gate(masked_conv_dense(f1, mask, self.conv1, self.conv2))
         return x + self.beta * self.conv3(f3 * self.sca(f3))
 
+    def _deform_rows(self, f4: torch.Tensor, plan: PrunePlan, start, end) -> torch.Tensor:
+        """The deformable conv at the masked pixels: [Q, 2C]."""
+        b, c, h, w = f4.shape
+        return deform_conv_rows(f4.permute(0, 2, 3, 1).reshape(-1, c), (b, h, w), plan.item,
+                                plan.row, plan.col, start[plan.item, :, plan.row, plan.col],
+                                end[plan.item, :, plan.row, plan.col], self.dconv.weight,
+                                self.dconv.bias)
+
     def _deform_pruned(self, f4, plan: PrunePlan, start, end) -> torch.Tensor:
-        # Gated trajectory: outside the mask every tap reads the pixel itself.
-        out = self.dconv.static(f4)
+        """The deformable conv [B,2C,H,W] with the gated trajectory sampled on the mask only."""
+        b, c, h, w = f4.shape
+        if plan.masked == plan.total:
+            return self.dconv(f4, start, end)
+        rows = self.dconv.static(f4).permute(0, 2, 3, 1).reshape(-1, c)
+        if plan.masked:  # outside the mask every tap reads the pixel itself
+            rows.index_copy_(0, plan.mask_index, self._deform_rows(f4, plan, start, end))
+        return rows.view(b, h, w, c).permute(0, 3, 1, 2)
+
+    def gated_deform_pruned(self, f4, plan: PrunePlan, start, end) -> torch.Tensor:
+        """``simple_gate(_deform_pruned(...))`` [B,C,H,W], fused: the static part of the
+        deformable conv and the gate go in one pass, without a 2C-channel output."""
+        b, c, h, w = f4.shape
+        if plan.masked == plan.total:
+            return simple_gate(self.dconv(f4, start, end))
+        rows = self.dconv.static_gated_rows(f4.permute(0, 2, 3, 1)).reshape(-1, c // 2)
         if plan.masked:
-            if plan.masked == plan.total:
-                return self.dconv(f4, start, end)
-            s = start[plan.item, :, plan.row, plan.col]
-            e = end[plan.item, :, plan.row, plan.col]
-            out[plan.item, :, plan.row, plan.col] = deform_conv_at(
-                f4, plan.item, plan.row, plan.col, s, e, self.dconv.weight, self.dconv.bias)
-        return out
+            a, g = self._deform_rows(f4, plan, start, end).chunk(2, dim=1)
+            rows.index_copy_(0, plan.mask_index, a * g)
+        return rows.view(b, h, w, c // 2).permute(0, 3, 1, 2)
 
 
 class M2ASStage(nn.Module):

@@ -69,6 +69,24 @@ def masked_conv_dense(f1: torch.Tensor, mask: torch.Tensor, conv1: nn.Conv2d,
     return conv2(conv1(f1)) * m + torch.cat((f1, f1), 1) * (1 - m)
 
 
+def _masked_conv_rows(pixels: torch.Tensor, plan: PrunePlan, width: int, conv1: nn.Conv2d,
+                      conv2: nn.Conv2d) -> torch.Tensor:
+    """conv2(conv1(.)) at the masked pixels only: [Q, 2C] from channels-last rows [N, C]."""
+    c = pixels.shape[1]
+    inner = conv1.out_channels
+    pointwise = torch.addmm(conv1.bias, pixels.index_select(0, plan.dilated_index),
+                            conv1.weight.view(inner, c).t())
+    # One extra zero row stands for conv2's zero padding and for pixels outside the set.
+    pointwise = torch.cat((pointwise, pointwise.new_zeros(1, inner)))
+    kernel = conv2.weight.view(inner, 9)
+    out = conv2.bias.expand(plan.masked, inner).clone()
+    for tap in range(9):
+        dy, dx = tap // 3 - 1, tap % 3 - 1
+        neighbour = plan.lookup.index_select(0, plan.centre + dy * (width + 2) + dx)
+        out.addcmul_(pointwise.index_select(0, neighbour), kernel[:, tap])
+    return out
+
+
 def masked_conv_pruned(f1: torch.Tensor, plan: PrunePlan, conv1: nn.Conv2d,
                        conv2: nn.Conv2d) -> torch.Tensor:
     """Same value as :func:`masked_conv_dense` for a binary mask, computing only masked pixels."""
@@ -77,21 +95,23 @@ def masked_conv_pruned(f1: torch.Tensor, plan: PrunePlan, conv1: nn.Conv2d,
         return torch.cat((f1, f1), 1)
     if plan.masked == plan.total:  # gathering everything costs more than the plain conv
         return conv2(conv1(f1))
-
     pixels = f1.permute(0, 2, 3, 1).reshape(-1, c)  # channels-last rows, one per pixel
-    inner = conv1.out_channels
-    pointwise = torch.addmm(conv1.bias, pixels.index_select(0, plan.dilated_index),
-                            conv1.weight.view(inner, c).t())
-    # One extra zero row stands for conv2's zero padding and for pixels outside the set.
-    pointwise = torch.cat((pointwise, pointwise.new_zeros(1, inner)))
-
-    kernel = conv2.weight.view(inner, 9)
-    out = conv2.bias.expand(plan.masked, inner).clone()
-    for tap in range(9):
-        dy, dx = tap // 3 - 1, tap % 3 - 1
-        neighbour = plan.lookup.index_select(0, plan.centre + dy * (w + 2) + dx)
-        out.addcmul_(pointwise.index_select(0, neighbour), kernel[:, tap])
-
     result = pixels.repeat(1, 2)  # [f1, f1] everywhere ...
-    result.index_copy_(0, plan.mask_index, out)  # ... but the conv output on the mask
-    return result.view(b, h, w, inner).permute(0, 3, 1, 2)
+    result.index_copy_(0, plan.mask_index, _masked_conv_rows(pixels, plan, w, conv1, conv2))
+    return result.view(b, h, w, 2 * c).permute(0, 3, 1, 2)
+
+
+def masked_gated_conv_pruned(f1: torch.Tensor, plan: PrunePlan, conv1: nn.Conv2d,
+                             conv2: nn.Conv2d) -> torch.Tensor:
+    """``simple_gate(masked_conv_pruned(...))`` [B,C,H,W] without the 2C-channel buffer:
+    outside the mask the gate of ``[f1, f1]`` is simply ``f1 * f1``."""
+    b, c, h, w = f1.shape
+    if plan.masked == plan.total:
+        a, g = conv2(conv1(f1)).chunk(2, dim=1)
+        return a * g
+    pixels = f1.permute(0, 2, 3, 1).reshape(-1, c)
+    result = pixels.square()
+    if plan.masked:
+        a, g = _masked_conv_rows(pixels, plan, w, conv1, conv2).chunk(2, dim=1)
+        result.index_copy_(0, plan.mask_index, a * g)
+    return result.view(b, h, w, c).permute(0, 3, 1, 2)

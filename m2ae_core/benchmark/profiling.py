@@ -20,7 +20,7 @@ from .models import build_spec_model, parse_model_spec
 
 TOP_OPS = 25
 BLOCK_PARTS = ("norm1", "sca", "conv3", "norm2", "conv4", "conv5")
-PATCHED_FUNCTIONS = {"masked_conv_pruned": "mixing (conv1+conv2)",
+PATCHED_FUNCTIONS = {"masked_gated_conv_pruned": "mixing (conv1+conv2)",
                      "masked_conv_dense": "mixing (conv1+conv2)",
                      "simple_gate": "simple_gate (both halves)"}
 
@@ -62,7 +62,8 @@ def label_parts_(model) -> list[str]:
             for block in encoder.blocks():
                 for part in BLOCK_PARTS:
                     wrap(getattr(block, part), f"m2as block: {part}")
-                block._deform_pruned = _label(block._deform_pruned, "m2as block: deform")
+                block.gated_deform_pruned = _label(block.gated_deform_pruned,
+                                                   "m2as block: deform")
                 block.dconv.forward = _label(block.dconv.forward, "m2as block: deform")
     wrap(model.middle_blks, "middle")
     for index, (up, decoder) in enumerate(zip(model.ups, model.decoders)):
