@@ -424,6 +424,9 @@ def load_demo_model(source: str | None, device: str | None):
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    from m2ae_core.memory import return_freed_memory_promptly
+
+    return_freed_memory_promptly()  # the demo owns its process: low, stable peak memory
     source = args.model or os.environ.get("M2AE_MODEL") or None
     max_pixels = args.max_pixels or _env_int("M2AE_DEMO_MAX_PIXELS", DEFAULT_MAX_PIXELS)
     concurrency = args.concurrency or _env_int("M2AE_DEMO_CONCURRENCY", DEFAULT_CONCURRENCY)

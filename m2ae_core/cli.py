@@ -249,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0
+    from .memory import return_freed_memory_promptly
+
+    return_freed_memory_promptly()  # this process is ours: keep peak memory low and stable
     return int(args.handler(args) or 0)
 
 

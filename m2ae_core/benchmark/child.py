@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     result_path = Path(argv[0])
     task = json.loads(sys.stdin.read())
+    from ..memory import return_freed_memory_promptly
+
+    return_freed_memory_promptly()  # the allocator policy of the m2ae CLI, for every model
     try:
         result = _handlers()[task["kind"]](task)
     except Exception as exc:  # reported, not raised: one failed cell must not stop the grid
