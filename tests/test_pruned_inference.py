@@ -5,9 +5,11 @@ import torch.nn.functional as F
 
 from conftest import randomize_
 from m2ae_core import build_model
-from m2ae_core.deform import deform_conv_at, deform_conv_dense
+from m2ae_core.deform import deform_conv_all, deform_conv_at, deform_conv_dense
+from m2ae_core.layers import simple_gate
 from m2ae_core.m2as import M2ASBlock
-from m2ae_core.masked_conv import PrunePlan, masked_conv_dense, masked_conv_pruned
+from m2ae_core.masked_conv import (DENSE_MIX_SHARE, PrunePlan, masked_conv_dense,
+                                   masked_conv_pruned, masked_gated_conv_pruned)
 
 TOL = 1e-4
 
@@ -47,6 +49,38 @@ def test_masked_conv_pruned_equals_dense(kind, size):
     pruned = masked_conv_pruned(f1, PrunePlan.from_mask(mask), block.conv1, block.conv2)
     assert pruned.shape == dense.shape
     assert (pruned - dense).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.05, 0.3, 0.6, 0.9, 1.0])
+def test_gated_pruned_mix_equals_dense_on_both_sides_of_the_crossover(fraction):
+    """Below DENSE_MIX_SHARE the conv gathers the masked pixels, above it runs densely and
+    selects; both must equal the gated dense formula."""
+    torch.manual_seed(0)
+    block = randomize_(M2ASBlock(8))
+    f1 = torch.randn(2, 8, 13, 17).contiguous(memory_format=torch.channels_last)
+    mask = blob_mask(2, 13, 17, fraction=fraction) if 0 < fraction < 1 else torch.full(
+        (2, 1, 13, 17), bool(fraction))
+    plan = PrunePlan.from_mask(mask)
+    assert (plan.masked > DENSE_MIX_SHARE * plan.total) == (fraction > DENSE_MIX_SHARE)
+    dense = simple_gate(masked_conv_dense(f1, mask, block.conv1, block.conv2))
+    pruned = masked_gated_conv_pruned(f1, plan, block.conv1, block.conv2)
+    assert pruned.shape == dense.shape
+    assert (pruned - dense).abs().max() <= TOL
+    if 0 < fraction < 1:  # a wrong mask is caught, on either side of the crossover
+        shifted = PrunePlan.from_mask(mask.roll(1, dims=-1))
+        wrong = masked_gated_conv_pruned(f1, shifted, block.conv1, block.conv2)
+        assert (wrong - dense).abs().max() > 100 * TOL
+
+
+def test_row_gather_deform_equals_grid_sample_reference():
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 9, 11).contiguous(memory_format=torch.channels_last)
+    start, end = torch.randn(2, 2, 9, 11) * 3, torch.randn(2, 2, 9, 11) * 3
+    weight, bias = torch.randn(6, 9), torch.randn(6)
+    reference = deform_conv_dense(x, start, end, weight, bias)
+    assert (deform_conv_all(x, start, end, weight, bias) - reference).abs().max() <= TOL
+    assert (deform_conv_all(x.contiguous(), start, end, weight, bias)
+            - reference).abs().max() <= TOL
 
 
 def test_masked_conv_detects_a_skipped_or_misplaced_pixel():

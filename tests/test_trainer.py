@@ -113,6 +113,24 @@ def test_init_weights_starts_a_fresh_run_from_trained_weights(straight_run, phot
         train(load_config(_write_yaml(tmp_path / "cfg2.yaml", cfg)))
 
 
+def test_trainable_parts_train_and_the_rest_stays_frozen(straight_run, photos, tmp_path):
+    init = straight_run / "final.safetensors"
+    cfg = _tiny_config(photos, tmp_path / "run", steps=2, val_every=0)
+    cfg["model"].update(init_weights=str(init), trainable=["mask_predictor"])
+    cfg["loss"] = {"l1_weight": 0.0, "ssim_weight": 0.0, "fft_weight": 0.0,
+                   "offset_weight": 0.0, "mask_weight": 1.0}
+    train(load_config(_write_yaml(tmp_path / "cfg.yaml", cfg)))
+    from safetensors.torch import load_file
+
+    start, after = load_file(init), load_file(tmp_path / "run" / "final.safetensors")
+    changed = {key for key in start if not torch.equal(start[key], after[key])}
+    assert changed and all("mask_predictor" in key for key in changed)
+    cfg["out_dir"] = str(tmp_path / "run2")
+    cfg["model"]["trainable"] = ["no_such_part"]
+    with pytest.raises(Exception, match="matches no parameter"):
+        train(load_config(_write_yaml(tmp_path / "cfg2.yaml", cfg)))
+
+
 def test_exact_resume_is_bitwise(straight_run, photos, tmp_path):
     cfg = _write_yaml(tmp_path / "cfg.yaml", _tiny_config(photos, tmp_path / "run"))
     assert main(["--config", str(cfg), "--stop-at", "3"]) == 0

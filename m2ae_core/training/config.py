@@ -38,6 +38,9 @@ class ModelSection:
     # Fine-tuning: start a fresh run from these weights (any source load_model accepts;
     # its architecture must equal preset + overrides). Ignored when resuming a checkpoint.
     init_weights: str | None = None
+    # Train only the parameters whose dotted name contains one of these parts (e.g.
+    # [mask_predictor]); every other parameter stays frozen. Empty = train everything.
+    trainable: list = field(default_factory=list)
 
 
 @dataclass

@@ -253,6 +253,19 @@ def train(config: TrainConfig) -> dict:
         torch.set_num_threads(previous_threads)
 
 
+def _freeze_all_but(model: torch.nn.Module, parts) -> None:
+    """Keep ``requires_grad`` only on parameters whose name contains one of ``parts``."""
+    if not parts:
+        return
+    chosen = 0
+    for name, param in model.named_parameters():
+        param.requires_grad_(any(part in name for part in parts))
+        chosen += param.requires_grad
+    if not chosen:
+        raise M2AEError(f"model.trainable {list(parts)} matches no parameter name "
+                        "(e.g. 'mask_predictor', 'encoders.2')")
+
+
 def _load_initial_weights(model: torch.nn.Module, source: str) -> None:
     """Copy trained weights into a fresh model (fine-tuning); the architectures must match."""
     from ..weights import load_model
@@ -277,6 +290,7 @@ def _train(config: TrainConfig, world: int, rank: int, device: torch.device) -> 
     _seed_all(config.seed)  # identical initial weights on every rank
     model = build_model(config.model.preset, **dict(config.model.overrides)).to(device)
     model.train()
+    _freeze_all_but(model, config.model.trainable)
     params = [p for p in model.parameters() if p.requires_grad]
     opt_cfg = config.optim
     optimizer = torch.optim.AdamW(params, lr=opt_cfg.lr, betas=tuple(opt_cfg.betas),
