@@ -82,12 +82,13 @@ def deform_conv_rows(rows: torch.Tensor, shape: tuple[int, int, int], batch_inde
     sample_y = ys.to(rows.dtype).unsqueeze(1) + offsets[..., 1]
     corner_rows, corner_weights = bilinear_taps(sample_y, sample_x, h, w,
                                                 batch_index.unsqueeze(1))  # [Q,9,4]
-    out = bias.expand(batch_index.numel(), -1)
+    tap_weights = weight.t().contiguous()  # [9, C]: one contiguous row per tap
+    out = bias.expand(batch_index.numel(), -1).clone()
     for tap in range(weight.shape[1]):
         sampled = F.embedding_bag(corner_rows[:, tap], rows, mode="sum",
                                   per_sample_weights=corner_weights[:, tap])
-        out = torch.addcmul(out, sampled, weight[:, tap])
-    return out
+        out = out.addcmul_(sampled, tap_weights[tap])  # in place: addcmul's backward needs
+    return out                                          # only its inputs
 
 
 def deform_conv_all(x: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
