@@ -37,6 +37,12 @@ class Conv1x1(nn.Conv2d):
         return F.linear(x.permute(0, 2, 3, 1), weight, self.bias).permute(0, 3, 1, 2)
 
 
+def pixel_rows(x: torch.Tensor) -> torch.Tensor:
+    """[B,C,H,W] -> [B*H*W, C], one row per pixel (a view for channels-last input, else a copy:
+    callers continue with the returned rows, never with ``x``)."""
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
 def simple_gate(x: torch.Tensor) -> torch.Tensor:
     """NAFNet's SimpleGate: split channels in half and multiply the halves."""
     a, b = x.chunk(2, dim=1)

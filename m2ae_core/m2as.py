@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .deform import MotionDeformConv, deform_conv_rows
-from .layers import Conv1x1, LayerNorm2d, NAFBlock, simple_gate
+from .layers import Conv1x1, LayerNorm2d, NAFBlock, pixel_rows, simple_gate
 from .masked_conv import PrunePlan, masked_conv_dense, masked_gated_conv_pruned
 
 
@@ -87,34 +87,20 @@ class M2ASBlock(NAFBlock):
             f3 = simple_gate(masked_conv_dense(f1, mask, self.conv1, self.conv2))
         return x + self.beta * self.conv3(f3 * self.sca(f3))
 
-    def _deform_rows(self, f4: torch.Tensor, plan: PrunePlan, start, end) -> torch.Tensor:
-        """The deformable conv at the masked pixels: [Q, 2C]."""
-        b, c, h, w = f4.shape
-        return deform_conv_rows(f4.permute(0, 2, 3, 1).reshape(-1, c), (b, h, w), plan.item,
-                                plan.row, plan.col, start[plan.item, :, plan.row, plan.col],
-                                end[plan.item, :, plan.row, plan.col], self.dconv.weight,
-                                self.dconv.bias)
-
-    def _deform_pruned(self, f4, plan: PrunePlan, start, end) -> torch.Tensor:
-        """The deformable conv [B,2C,H,W] with the gated trajectory sampled on the mask only."""
-        b, c, h, w = f4.shape
-        if plan.masked == plan.total:
-            return self.dconv(f4, start, end)
-        rows = self.dconv.static(f4).permute(0, 2, 3, 1).reshape(-1, c)
-        if plan.masked:  # outside the mask every tap reads the pixel itself
-            rows.index_copy_(0, plan.mask_index, self._deform_rows(f4, plan, start, end))
-        return rows.view(b, h, w, c).permute(0, 3, 1, 2)
-
     def gated_deform_pruned(self, f4, plan: PrunePlan, start, end) -> torch.Tensor:
-        """``simple_gate(_deform_pruned(...))`` [B,C,H,W], fused: the static part of the
-        deformable conv and the gate go in one pass, without a 2C-channel output."""
+        """``simple_gate(dconv(f4, start, end))`` [B,C,H,W] for a gated trajectory, sampled on
+        the mask only. Outside it every tap reads the pixel itself, so the deformable conv is a
+        per-channel affine, fused with the gate into one pass (no 2C-channel output)."""
         b, c, h, w = f4.shape
         if plan.masked == plan.total:
             return simple_gate(self.dconv(f4, start, end))
         rows = self.dconv.static_gated_rows(f4.permute(0, 2, 3, 1)).reshape(-1, c // 2)
         if plan.masked:
-            a, g = self._deform_rows(f4, plan, start, end).chunk(2, dim=1)
-            rows.index_copy_(0, plan.mask_index, a * g)
+            sampled = deform_conv_rows(pixel_rows(f4), (b, h, w), plan.item, plan.row, plan.col,
+                                       start[plan.item, :, plan.row, plan.col],
+                                       end[plan.item, :, plan.row, plan.col],
+                                       self.dconv.weight, self.dconv.bias)
+            rows.index_copy_(0, plan.mask_index, simple_gate(sampled))
         return rows.view(b, h, w, c // 2).permute(0, 3, 1, 2)
 
 

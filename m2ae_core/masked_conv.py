@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import pixel_rows, simple_gate
+
 
 # Above this share of masked pixels the dense 1x1 + depthwise conv (then a select) is cheaper
 # than gathering: measured crossover ~40 % on the paper's stage-4 grid (CPU, 1 thread).
@@ -94,36 +96,21 @@ def _masked_conv_rows(pixels: torch.Tensor, plan: PrunePlan, width: int, conv1: 
     return out
 
 
-def masked_conv_pruned(f1: torch.Tensor, plan: PrunePlan, conv1: nn.Conv2d,
-                       conv2: nn.Conv2d) -> torch.Tensor:
-    """Same value as :func:`masked_conv_dense` for a binary mask, computing only masked pixels."""
-    b, c, h, w = f1.shape
-    if plan.masked == 0:
-        return torch.cat((f1, f1), 1)
-    if plan.masked == plan.total:  # gathering everything costs more than the plain conv
-        return conv2(conv1(f1))
-    pixels = f1.permute(0, 2, 3, 1).reshape(-1, c)  # channels-last rows, one per pixel
-    result = pixels.repeat(1, 2)  # [f1, f1] everywhere ...
-    result.index_copy_(0, plan.mask_index, _masked_conv_rows(pixels, plan, w, conv1, conv2))
-    return result.view(b, h, w, 2 * c).permute(0, 3, 1, 2)
-
-
 def masked_gated_conv_pruned(f1: torch.Tensor, plan: PrunePlan, conv1: nn.Conv2d,
                              conv2: nn.Conv2d) -> torch.Tensor:
-    """``simple_gate(masked_conv_pruned(...))`` [B,C,H,W] without the 2C-channel buffer:
-    outside the mask the gate of ``[f1, f1]`` is simply ``f1 * f1``."""
+    """``simple_gate(masked_conv_dense(...))`` [B,C,H,W] for a binary mask, computing the conv
+    only on masked pixels and without a 2C-channel buffer: outside the mask the gate of
+    ``[f1, f1]`` is simply ``f1 * f1``."""
     b, c, h, w = f1.shape
+    if plan.masked == plan.total:
+        return simple_gate(conv2(conv1(f1)))
+    pixels = pixel_rows(f1)
     if plan.masked > DENSE_MIX_SHARE * plan.total:
-        a, g = conv2(conv1(f1)).chunk(2, dim=1)
-        if plan.masked == plan.total:
-            return a * g
-        pixels = f1.permute(0, 2, 3, 1).reshape(-1, c)
-        gated = (a * g).permute(0, 2, 3, 1).reshape(-1, c)
-        return torch.where(plan.row_mask, gated, pixels.square()).view(b, h, w, c).permute(
-            0, 3, 1, 2)
-    pixels = f1.permute(0, 2, 3, 1).reshape(-1, c)
-    result = pixels.square()
-    if plan.masked:
-        a, g = _masked_conv_rows(pixels, plan, w, conv1, conv2).chunk(2, dim=1)
-        result.index_copy_(0, plan.mask_index, a * g)
+        gated = pixel_rows(simple_gate(conv2(conv1(f1))))
+        result = torch.where(plan.row_mask, gated, pixels.square())
+    else:
+        result = pixels.square()
+        if plan.masked:
+            result.index_copy_(0, plan.mask_index,
+                               simple_gate(_masked_conv_rows(pixels, plan, w, conv1, conv2)))
     return result.view(b, h, w, c).permute(0, 3, 1, 2)

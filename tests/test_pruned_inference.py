@@ -5,11 +5,11 @@ import torch.nn.functional as F
 
 from conftest import randomize_
 from m2ae_core import build_model
-from m2ae_core.deform import deform_conv_all, deform_conv_at, deform_conv_dense
-from m2ae_core.layers import simple_gate
+from m2ae_core.deform import deform_conv_all, deform_conv_dense, deform_conv_rows
+from m2ae_core.layers import pixel_rows, simple_gate
 from m2ae_core.m2as import M2ASBlock
 from m2ae_core.masked_conv import (DENSE_MIX_SHARE, PrunePlan, masked_conv_dense,
-                                   masked_conv_pruned, masked_gated_conv_pruned)
+                                   masked_gated_conv_pruned)
 
 TOL = 1e-4
 
@@ -45,8 +45,8 @@ def test_masked_conv_pruned_equals_dense(kind, size):
     block = randomize_(M2ASBlock(8))
     f1 = torch.randn(2, 8, *size)
     mask = masks_for(2, *size)[kind]
-    dense = masked_conv_dense(f1, mask, block.conv1, block.conv2)
-    pruned = masked_conv_pruned(f1, PrunePlan.from_mask(mask), block.conv1, block.conv2)
+    dense = simple_gate(masked_conv_dense(f1, mask, block.conv1, block.conv2))
+    pruned = masked_gated_conv_pruned(f1, PrunePlan.from_mask(mask), block.conv1, block.conv2)
     assert pruned.shape == dense.shape
     assert (pruned - dense).abs().max() <= TOL
 
@@ -90,19 +90,19 @@ def test_masked_conv_detects_a_skipped_or_misplaced_pixel():
     block = randomize_(M2ASBlock(8))
     f1 = torch.randn(1, 8, 11, 13)
     mask = blob_mask(1, 11, 13)
-    dense = masked_conv_dense(f1, mask, block.conv1, block.conv2)
+    dense = simple_gate(masked_conv_dense(f1, mask, block.conv1, block.conv2))
 
     fewer = mask.clone()
     fewer.view(-1)[fewer.flatten().nonzero()[0]] = False
-    skipped = masked_conv_pruned(f1, PrunePlan.from_mask(fewer), block.conv1, block.conv2)
+    skipped = masked_gated_conv_pruned(f1, PrunePlan.from_mask(fewer), block.conv1, block.conv2)
     assert (skipped - dense).abs().max() > 1e-2
 
     interior = torch.zeros_like(mask)
     interior[..., 3:7, 4:9] = True
-    dense = masked_conv_dense(f1, interior, block.conv1, block.conv2)
+    dense = simple_gate(masked_conv_dense(f1, interior, block.conv1, block.conv2))
     plan = PrunePlan.from_mask(interior)
     plan.centre = plan.centre + 1  # every pixel reads its right-hand neighbourhood
-    shifted = masked_conv_pruned(f1, plan, block.conv1, block.conv2)
+    shifted = masked_gated_conv_pruned(f1, plan, block.conv1, block.conv2)
     assert (shifted - dense).abs().max() > 1e-2
 
 
@@ -141,7 +141,8 @@ def test_deform_conv_matches_naive_loop():
     assert (deform_conv_dense(x, start, end, weight, bias) - reference).abs().max() <= TOL
     b_idx, ys, xs = torch.meshgrid(torch.arange(2), torch.arange(5), torch.arange(6), indexing="ij")
     b_idx, ys, xs = b_idx.flatten(), ys.flatten(), xs.flatten()
-    at = deform_conv_at(x, b_idx, ys, xs, start[b_idx, :, ys, xs], end[b_idx, :, ys, xs], weight, bias)
+    at = deform_conv_rows(pixel_rows(x), (2, 5, 6), b_idx, ys, xs, start[b_idx, :, ys, xs],
+                          end[b_idx, :, ys, xs], weight, bias)
     assert (at - reference.permute(0, 2, 3, 1).reshape(-1, 3)).abs().max() <= TOL
 
 
@@ -248,8 +249,9 @@ def test_sparse_trajectory_sampling_in_training_matches_dense_values_and_gradien
     start = (torch.randn(2, 2, 9, 11) * 2 * mask).requires_grad_()
     end = (torch.randn(2, 2, 9, 11) * 2 * mask).requires_grad_()
     plan = PrunePlan.from_mask(mask > 0.5)
-    sparse = block._deform_pruned(f4, plan, start, end)
-    dense = block.dconv(f4, start, end)
+    sparse = block.gated_deform_pruned(f4, plan, start, end)
+    # Reference: grid_sample, independent of the row gather both model paths use.
+    dense = simple_gate(deform_conv_dense(f4, start, end, block.dconv.weight, block.dconv.bias))
     assert (sparse - dense).abs().max() <= TOL
     g = torch.randn_like(dense)
     grads_sparse = torch.autograd.grad((sparse * g).sum(), (f4, block.dconv.weight, start, end))

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from m2ae_core.errors import ConfigError
+from m2ae_core.errors import ConfigError, M2AEError
 from m2ae_core.training.config import TrainConfig, load_config
 from m2ae_core.training.datasets import (GoProDataset, ReLoBlurDataset, SampleStream,
                                          StepBatchDataset, StreamSettings, augment,
@@ -109,7 +109,7 @@ def test_init_weights_starts_a_fresh_run_from_trained_weights(straight_run, phot
     # A different architecture is refused with a message naming the setting.
     cfg["out_dir"] = str(tmp_path / "run2")
     cfg["model"]["overrides"] = {"width": 16}
-    with pytest.raises(Exception, match="init_weights"):
+    with pytest.raises(M2AEError, match="init_weights"):
         train(load_config(_write_yaml(tmp_path / "cfg2.yaml", cfg)))
 
 
@@ -127,7 +127,7 @@ def test_trainable_parts_train_and_the_rest_stays_frozen(straight_run, photos, t
     assert changed and all("mask_predictor" in key for key in changed)
     cfg["out_dir"] = str(tmp_path / "run2")
     cfg["model"]["trainable"] = ["no_such_part"]
-    with pytest.raises(Exception, match="matches no parameter"):
+    with pytest.raises(M2AEError, match="matches no parameter"):
         train(load_config(_write_yaml(tmp_path / "cfg2.yaml", cfg)))
 
 

@@ -18,12 +18,7 @@ import torch.nn.functional as F
 
 from ..m2as import M2ASBlock, M2ASStage
 from ..masked_conv import PrunePlan
-from ..layers import simple_gate
-
-
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    """[B,C,H,W] -> [B*H*W, C] pixel rows (a view for channels-last input)."""
-    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+from ..layers import pixel_rows, simple_gate
 
 
 def _masked_linear(rows: torch.Tensor, conv, index: torch.Tensor, rep: int) -> torch.Tensor:
@@ -49,10 +44,9 @@ def forward_both_halves(block: M2ASBlock, x: torch.Tensor, mask: torch.Tensor,
     if plan.masked == 0:
         f5 = block.dconv.static(torch.cat((normed, normed), 1))
         return mid + block.gamma * simple_gate(f5)
-    rows = _rows(normed)
+    rows = pixel_rows(normed)
     f4 = _masked_linear(rows, block.conv4, plan.mask_index, 2).view(b, h, w, 2 * c)
-    f5 = block._deform_pruned(f4.permute(0, 3, 1, 2), plan, start, end)
-    gated_rows = _rows(simple_gate(f5))
+    gated_rows = pixel_rows(block.gated_deform_pruned(f4.permute(0, 3, 1, 2), plan, start, end))
     out = _masked_linear(gated_rows, block.conv5, plan.mask_index, 1)
     return mid + block.gamma * out.view(b, h, w, c).permute(0, 3, 1, 2)
 
