@@ -16,9 +16,11 @@ import torch.nn.functional as F
 from . import imageio
 from .macs import StagePixels, count_macs
 from .network import M2AENet
+from .global_context import ContextRecorder, fixed_context
 from .tiling import DEFAULT_OVERLAP, blend_weight, resolve_tile_size, tile_grid
 
 ProgressCallback = Callable[[int, int], None]  # (tiles done, tiles total); may raise to abort
+TILE_CONTEXTS = ("image", "tile")
 
 
 @dataclass
@@ -73,7 +75,7 @@ def _check_model(model) -> None:
 
 def deblur(model: M2AENet, image, *, mask=None, threshold: float = 0.5, pruned: bool = True,
            preserve_sharp: bool = False, tile: int | None = None,
-           progress: ProgressCallback | None = None) -> DeblurResult:
+           tile_context: str = "image", progress: ProgressCallback | None = None) -> DeblurResult:
     """Remove local motion blur from ``image`` (PIL, numpy HWC/HW, torch NCHW or BHWC).
 
     mask: optional user mask (any resolution/kind) replacing the predicted one.
@@ -81,25 +83,49 @@ def deblur(model: M2AENet, image, *, mask=None, threshold: float = 0.5, pruned: 
     pruned: compute the mask-aware convs only on blurred pixels (exact; False = dense path).
     preserve_sharp: keep input pixels outside the (feathered) mask untouched.
     tile: None = automatic by pixel count, 0 = never, N = N x N tiles with overlap.
+    tile_context: what the network's global pooling sees when tiling. "image" (default): the
+        whole image, as untiled (two passes over the tiles, about twice the time); "tile":
+        each tile its own (one pass; tiles may disagree slightly).
     progress: called as progress(done, total) after each tile; raise from it to abort.
     """
-    return _run(model, image, mask, threshold, tile, progress, restore=True, pruned=pruned,
-                preserve_sharp=preserve_sharp)
+    return _run(model, image, mask, threshold, tile, progress, tile_context, restore=True,
+                pruned=pruned, preserve_sharp=preserve_sharp)
 
 
 def analyze(model: M2AENet, image, *, mask=None, threshold: float = 0.5,
-            tile: int | None = None, progress: ProgressCallback | None = None) -> DeblurResult:
+            tile: int | None = None, tile_context: str = "image",
+            progress: ProgressCallback | None = None) -> DeblurResult:
     """Blur mask, probability and trajectory only, without restoring (``.image`` is None).
 
     Runs the network only up to its first M2AS stage, so it costs a fraction of ``deblur``;
     the maps equal those ``deblur`` reports for the same input and settings.
     """
-    return _run(model, image, mask, threshold, tile, progress, restore=False)
+    return _run(model, image, mask, threshold, tile, progress, tile_context, restore=False)
 
 
-def _run(model, image, mask, threshold, tile, progress, *, restore: bool, pruned: bool = True,
-         preserve_sharp: bool = False) -> DeblurResult:
+def _check_tile_context(tile_context: str) -> None:
+    if tile_context not in TILE_CONTEXTS:
+        raise ValueError(f"tile_context must be one of {', '.join(TILE_CONTEXTS)}, got {tile_context!r}")
+
+
+def _record_image_context(model, run_tile, tile_inputs, tiles, h: int, w: int, step):
+    """Pass 1 of image-wide context: every pooling site's mean over the whole image."""
+    total = torch.zeros(h, w)
+    for t in tiles:
+        total[t.slices] += blend_weight(t, h, w, DEFAULT_OVERLAP)
+    recorder = ContextRecorder(model, model.config.pad_multiple)
+    for t in tiles:
+        share = blend_weight(t, h, w, DEFAULT_OVERLAP) / total[t.slices]
+        with recorder.tile(share):
+            run_tile(*tile_inputs(t))
+        step()
+    return recorder.means()
+
+
+def _run(model, image, mask, threshold, tile, progress, tile_context: str = "image", *,
+         restore: bool, pruned: bool = True, preserve_sharp: bool = False) -> DeblurResult:
     _check_model(model)
+    _check_tile_context(tile_context)
     if not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"threshold must be within 0..1, got {threshold}")
     started = time.perf_counter()
@@ -116,23 +142,47 @@ def _run(model, image, mask, threshold, tile, progress, *, restore: bool, pruned
     model.eval()
     macs = dense_macs = processed = grid_pixels = 0
     outputs = []
-    total_steps, done = b * len(tiles), 0
+    two_pass = len(tiles) > 1 and tile_context == "image"
+    total_steps, done = b * len(tiles) * (2 if two_pass else 1), 0
+
+    def step():
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total_steps)
+
+    def restore_tile(x, tile_mask):
+        return model(x, mask=tile_mask, threshold=threshold, pruned=pruned)
+
+    def analyze_tile(x, tile_mask):
+        return model.analyze(x, mask=tile_mask, threshold=threshold)
+
     try:
         with torch.inference_mode():
             for item in range(b):
-                maps = _Maps(torch.zeros(3, h, w), torch.zeros(h, w), torch.zeros(h, w),
-                             torch.zeros(2, 2, h, w) if has_stages else None, torch.zeros(h, w))
-                for t in tiles:
+                def tile_inputs(t):
                     rows, cols = t.slices
                     x = batch[item:item + 1, :, rows, cols].to(device=device, dtype=dtype)
                     tile_mask = None
                     if user_mask is not None:
                         tile_mask = user_mask[item:item + 1, :, rows, cols].to(device)
+                    return x, tile_mask
+
+                means = {}
+                if two_pass:
+                    means = _record_image_context(model, restore_tile if restore else analyze_tile,
+                                                  tile_inputs, tiles, h, w, step)
+                maps = _Maps(torch.zeros(3, h, w), torch.zeros(h, w), torch.zeros(h, w),
+                             torch.zeros(2, 2, h, w) if has_stages else None, torch.zeros(h, w))
+                for t in tiles:
+                    rows, cols = t.slices
+                    x, tile_mask = tile_inputs(t)
                     weight = blend_weight(t, h, w, DEFAULT_OVERLAP) if len(tiles) > 1 \
                         else torch.ones(t.height, t.width)
                     maps.weight[rows, cols] += weight
                     if restore:
-                        out = model(x, mask=tile_mask, threshold=threshold, pruned=pruned)
+                        with fixed_context(means):
+                            out = restore_tile(x, tile_mask)
                         maps.image[:, rows, cols] += out.image[0].float().cpu() * weight
                         stages = out.stages
                         counts = {s.stage: StagePixels(s.masked_pixels, s.dilated_pixels)
@@ -141,7 +191,8 @@ def _run(model, image, mask, threshold, tile, progress, *, restore: bool, pruned
                                            counts if pruned and has_stages else None)
                         dense_macs += count_macs(model.config, t.height, t.width)
                     else:
-                        first = model.analyze(x, mask=tile_mask, threshold=threshold)
+                        with fixed_context(means):
+                            first = analyze_tile(x, tile_mask)
                         stages = [first] if first is not None else []
                     if stages:
                         prob, used, motion = _stage_maps(stages, t.height, t.width,
@@ -151,9 +202,7 @@ def _run(model, image, mask, threshold, tile, progress, *, restore: bool, pruned
                         maps.trajectory[:, :, rows, cols] += motion.cpu() * weight
                         processed += stages[0].masked_pixels
                         grid_pixels += stages[0].mask[0, 0].numel()
-                    done += 1
-                    if progress is not None:
-                        progress(done, total_steps)
+                    step()
                 outputs.append(_finish_item(maps, batch[item], has_stages, preserve_sharp))
     finally:
         model.train(was_training)
@@ -168,6 +217,7 @@ def _run(model, image, mask, threshold, tile, progress, *, restore: bool, pruned
         "fraction_processed": processed / grid_pixels if grid_pixels else 1.0,
         "seconds": time.perf_counter() - started,
         "tiles": len(tiles),
+        "tile_context": tile_context if len(tiles) > 1 else "image",
         "pixels": h * w,
         "device": str(device),
     }

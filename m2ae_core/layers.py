@@ -49,11 +49,35 @@ def simple_gate(x: torch.Tensor) -> torch.Tensor:
     return a * b
 
 
+class GlobalMean(nn.Module):
+    """Mean over all pixels: [B,C,H,W] -> [B,C,1,1].
+
+    The network's only image-wide operation, so tiled inference hooks in here
+    (:mod:`.global_context`): ``observer`` sees every input, and a ``fixed`` mean, once set,
+    is returned instead, so that every tile pools the whole image's context.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fixed: torch.Tensor | None = None
+        self.observer = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fixed is not None:
+            if self.fixed.shape[:2] != x.shape[:2]:
+                raise ValueError(f"fixed global mean has shape {tuple(self.fixed.shape)}, "
+                                 f"input has {x.shape[0]} items of {x.shape[1]} channels")
+            return self.fixed.to(device=x.device, dtype=x.dtype)
+        if self.observer is not None:
+            self.observer(self, x)
+        return x.mean(dim=(2, 3), keepdim=True)
+
+
 class SimplifiedChannelAttention(nn.Sequential):
     """Global average pool then 1x1 conv; indexed as ``sca.1`` like NAFNet."""
 
     def __init__(self, channels: int) -> None:
-        super().__init__(nn.AdaptiveAvgPool2d(1), Conv1x1(channels, channels))
+        super().__init__(GlobalMean(), Conv1x1(channels, channels))
 
 
 class NAFBlock(nn.Module):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .deform import MotionDeformConv, deform_conv_rows
-from .layers import Conv1x1, LayerNorm2d, NAFBlock, pixel_rows, simple_gate
+from .layers import Conv1x1, GlobalMean, LayerNorm2d, NAFBlock, pixel_rows, simple_gate
 from .masked_conv import PrunePlan, masked_conv_dense, masked_gated_conv_pruned
 
 
@@ -21,11 +21,12 @@ class MaskPredictor(nn.Module):
         self.mlp_in = nn.Sequential(Conv1x1(c, c), nn.GELU(), LayerNorm2d(c), Conv1x1(c, c))
         self.mlp_out = nn.Sequential(Conv1x1(c, c // 2), nn.GELU(), Conv1x1(c // 2, c // 4),
                                      nn.GELU(), Conv1x1(c // 4, 2))
+        self.pool = GlobalMean()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         z = self.mlp_in(features)
         local, context = z.chunk(2, dim=1)
-        context = context.mean(dim=(2, 3), keepdim=True).expand_as(context)
+        context = self.pool(context).expand_as(context)
         return self.mlp_out(torch.cat((local, context), 1))
 
 

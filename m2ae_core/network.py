@@ -100,8 +100,10 @@ class M2AENet(nn.Module):
             skips.append(x)
             x = down(x)
         x = self.middle_blks(x)
-        for decoder, up, skip in zip(self.decoders, self.ups, reversed(skips)):
-            x = decoder(up(x) + skip)
+        for decoder, up in zip(self.decoders, self.ups):
+            # pop: each skip is freed once added, instead of all living until the last decoder
+            # (at full resolution that held ~0.9 of a full-size feature map for nothing)
+            x = decoder(up(x) + skips.pop())
         x = self.ending(x) + padded
         return NetworkOutput(x[..., :h, :w], stages)
 

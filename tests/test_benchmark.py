@@ -222,6 +222,7 @@ def test_profile_and_tiled_comparison_in_process():
     compare = compare_tiled({**task, "size": [80, 96], "tile": 64})
     assert compare["status"] == "ok" and compare["tiles"] == 4
     assert compare["psnr_8bit_db"] == "inf" or compare["psnr_8bit_db"] > 10
+    assert {"psnr_8bit_db_tile_context", "tiled_s", "tiled_s_tile_context", "untiled_s"} <= set(compare)
 
 
 def test_tiny_grid_end_to_end(tmp_path, monkeypatch, capsys):

@@ -38,6 +38,19 @@ def test_single_file_with_mask_and_trajectory(tmp_path, weights, capsys):
     assert "processed" in capsys.readouterr().out
 
 
+def test_tile_context_reaches_deblur(tmp_path, weights):
+    src = write_photo(tmp_path / "in.png", size=(200, 150))
+    outputs = {}
+    for context in ("image", "tile"):
+        out = tmp_path / f"{context}.png"
+        assert main(["deblur", str(src), "-o", str(out), "--weights", str(weights),
+                     "--tile", "96", "--tile-context", context]) == 0
+        outputs[context] = np.asarray(Image.open(out))
+    assert not np.array_equal(outputs["image"], outputs["tile"])
+    with pytest.raises(SystemExit):
+        main(["deblur", str(src), "-o", str(tmp_path / "x.png"), "--tile-context", "whole"])
+
+
 def test_folder_of_inputs_and_a_bad_file(tmp_path, weights, capsys):
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -103,5 +116,6 @@ def test_console_script_help_documents_every_option():
     out = subprocess.run([sys.executable, "-m", "m2ae_core.cli", "deblur", "--help"],
                          capture_output=True, text=True, check=True).stdout
     for option in ("--save-mask", "--save-trajectory", "--mask", "--threshold", "--tile",
+                   "--tile-context",
                    "--device", "--weights", "--preserve-sharp", "--overwrite"):
         assert option in out

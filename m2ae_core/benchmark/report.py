@@ -96,7 +96,8 @@ def tiled_lines(tiled: dict) -> list[str]:
            f"{tiled['fraction']:g} % blob mask, photo `{tiled['photo']}` resized.", ""]
     if run.get("status") == "ok":
         out.append(f"- {tiled['size_label']}: peak RSS {run['peak_rss_bytes'] / 1e9:.2f} GB, "
-                   f"{run['tiles']} tiles, {run['wall_s']:.1f} s")
+                   f"{run['tiles']} tiles, {run['wall_s']:.1f} s, "
+                   f"pooling context: {run.get('tile_context', 'tile')}")
     else:
         out.append(f"- {tiled['size_label']}: {run.get('error')}")
     if compare.get("status") == "ok":
@@ -104,6 +105,12 @@ def tiled_lines(tiled: dict) -> list[str]:
                    f"{_db(compare['psnr_8bit_db'])} dB (8-bit), "
                    f"{_db(compare['psnr_float_db'])} dB (float), "
                    f"max abs diff {compare['max_abs_diff']:.2e}, {compare['tiles']} tiles")
+        if "psnr_8bit_db_tile_context" in compare:
+            out.append(f"  - pooling: image-wide (default, two passes, "
+                       f"{compare['tiled_s']:.1f} s) as above; per tile (one pass, "
+                       f"{compare['tiled_s_tile_context']:.1f} s): "
+                       f"{_db(compare['psnr_8bit_db_tile_context'])} dB (8-bit); "
+                       f"untiled {compare['untiled_s']:.1f} s")
     else:
         out.append(f"- {tiled['compare_size_label']}: {compare.get('error')}")
     return out
