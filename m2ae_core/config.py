@@ -25,6 +25,11 @@ class M2AEConfig:
     trajectory_instants: int = 9
     # Zero the trajectory outside the mask (a sharp pixel has no motion): DESIGN §3 default.
     gate_trajectory: bool = True
+    # Residual context units (LN, dilated depthwise 3x3, 1x1, GELU; dilations 1, 2, 4, ...)
+    # in front of the mask predictor's per-pixel MLP. 0 = the paper's predictor, which sees
+    # only its own pixel's features plus a global mean; measured here to learn almost nothing
+    # about blur on a small backbone (docs/training, issue 3).
+    mask_context: int = 0
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -38,6 +43,8 @@ class M2AEConfig:
         for stage in self.m2as_stages:
             if not 0 <= stage < len(self.enc_blocks) or self.enc_blocks[stage] < 1:
                 raise ConfigError(f"m2as stage {stage} is not an encoder stage with blocks")
+        if not 0 <= self.mask_context <= 8:
+            raise ConfigError(f"mask_context must be 0..8 context units, got {self.mask_context}")
         if self.trajectory_instants != 9:
             raise ConfigError("trajectory_instants must be 9 (one per tap of the 3x3 kernel)")
 

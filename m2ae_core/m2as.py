@@ -12,19 +12,38 @@ from .layers import Conv1x1, GlobalMean, LayerNorm2d, NAFBlock, pixel_rows, simp
 from .masked_conv import PrunePlan, masked_conv_dense, masked_gated_conv_pruned
 
 
-class MaskPredictor(nn.Module):
-    """Per-pixel blur logits (channel 0 = blurred) with half the features pooled globally."""
+class ContextUnit(nn.Module):
+    """Residual LN -> dilated depthwise 3x3 -> 1x1 -> GELU: widens what a pixel sees."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, dilation: int) -> None:
+        super().__init__()
+        self.norm = LayerNorm2d(channels)
+        self.spatial = nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation,
+                                 groups=channels)
+        self.mix = Conv1x1(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + F.gelu(self.mix(self.spatial(self.norm(x))))
+
+
+class MaskPredictor(nn.Module):
+    """Per-pixel blur logits (channel 0 = blurred) with half the features pooled globally.
+
+    ``context_units`` > 0 puts that many :class:`ContextUnit` (dilations 1, 2, 4, ...) in
+    front, so each pixel's decision sees a neighbourhood (a blur streak), not one pixel.
+    """
+
+    def __init__(self, channels: int, context_units: int = 0) -> None:
         super().__init__()
         c = channels
+        self.context = nn.Sequential(*[ContextUnit(c, 2 ** i) for i in range(context_units)])
         self.mlp_in = nn.Sequential(Conv1x1(c, c), nn.GELU(), LayerNorm2d(c), Conv1x1(c, c))
         self.mlp_out = nn.Sequential(Conv1x1(c, c // 2), nn.GELU(), Conv1x1(c // 2, c // 4),
                                      nn.GELU(), Conv1x1(c // 4, 2))
         self.pool = GlobalMean()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        z = self.mlp_in(features)
+        z = self.mlp_in(self.context(features))
         local, context = z.chunk(2, dim=1)
         context = self.pool(context).expand_as(context)
         return self.mlp_out(torch.cat((local, context), 1))
@@ -111,14 +130,15 @@ class M2ASStage(nn.Module):
     Blocks are children "0", "1", ... so parameter names match NAFNet's ``encoders.{s}.{b}``.
     """
 
-    def __init__(self, channels: int, blocks: int, stage: int, gate_trajectory: bool = True) -> None:
+    def __init__(self, channels: int, blocks: int, stage: int, gate_trajectory: bool = True,
+                 mask_context: int = 0) -> None:
         super().__init__()
         self.stage = stage
         self.gate_trajectory = gate_trajectory
         self.num_blocks = blocks
         for index in range(blocks):
             self.add_module(str(index), M2ASBlock(channels))
-        self.mask_predictor = MaskPredictor(channels)
+        self.mask_predictor = MaskPredictor(channels, mask_context)
         self.motion_analyzer = MotionAnalyzer(channels)
 
     def blocks(self):

@@ -53,10 +53,11 @@ def m2as_block_macs(channels: int, pixels: int, masked: int | None = None,
         + mixing + motion
 
 
-def stage_head_macs(channels: int, pixels: int) -> int:
-    """Mask predictor + intra-motion analyzer of an M2AS stage."""
+def stage_head_macs(channels: int, pixels: int, context_units: int = 0) -> int:
+    """Mask predictor (with its context units) + intra-motion analyzer of an M2AS stage."""
     c = channels
-    predictor = (2 * conv_macs(pixels, c, c) + pixels * (c // 2)  # global mean of half the channels
+    context = context_units * (conv_macs(pixels, c, c, 3, c) + conv_macs(pixels, c, c))
+    predictor = context + (2 * conv_macs(pixels, c, c) + pixels * (c // 2)  # global mean of half
                  + conv_macs(pixels, c, c // 2) + conv_macs(pixels, c // 2, c // 4)
                  + conv_macs(pixels, c // 4, 2))
     return predictor + conv_macs(pixels, c, 4, 3)
@@ -91,7 +92,7 @@ def count_macs(config: M2AEConfig, height: int, width: int,
     for stage, blocks in enumerate(config.enc_blocks):
         if stage in config.m2as_stages:
             counts = (stage_pixels or {}).get(stage)
-            total += stage_head_macs(channels, pixels)
+            total += stage_head_macs(channels, pixels, config.mask_context)
             for _ in range(blocks):
                 if counts is None:
                     total += m2as_block_macs(channels, pixels)

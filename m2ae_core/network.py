@@ -14,7 +14,7 @@ from .m2as import M2ASStage, StageOutput
 
 @dataclass
 class NetworkOutput:
-    image: torch.Tensor  # restored [B,3,H,W], same size as the input
+    image: torch.Tensor | None  # restored [B,3,H,W], same size as the input (None: stages_only)
     stages: list[StageOutput] = field(default_factory=list)  # one per M2AS stage, shallow first
 
 
@@ -38,7 +38,8 @@ class M2AENet(nn.Module):
         channels = width
         for stage, blocks in enumerate(config.enc_blocks):
             if stage in config.m2as_stages:
-                self.encoders.append(M2ASStage(channels, blocks, stage, config.gate_trajectory))
+                self.encoders.append(M2ASStage(channels, blocks, stage, config.gate_trajectory,
+                                               config.mask_context))
             else:
                 self.encoders.append(nn.Sequential(*[NAFBlock(channels) for _ in range(blocks)]))
             self.downs.append(nn.Conv2d(channels, 2 * channels, 2, stride=2))
@@ -79,11 +80,14 @@ class M2AENet(nn.Module):
         raise AssertionError("unreachable: config lists an M2AS stage")
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor | None = None,
-                threshold: float = 0.5, pruned: bool | None = None) -> NetworkOutput:
+                threshold: float = 0.5, pruned: bool | None = None,
+                stages_only: bool = False) -> NetworkOutput:
         """Restore ``image`` [B,3,H,W] (0..1).
 
         ``mask`` (bool [B,1,H,W] at input resolution) replaces the predicted blur mask.
         ``pruned`` defaults to True in eval mode: the mask-aware conv runs on blurred pixels only.
+        ``stages_only``: stop after the last M2AS stage (``image`` is None); what training the
+        mask heads alone needs, at the cost of the encoder only.
         """
         if pruned is None:
             pruned = not self.training
@@ -95,6 +99,8 @@ class M2AENet(nn.Module):
             if isinstance(encoder, M2ASStage):
                 x, info = encoder(x, stage_masks.get(encoder.stage), threshold, pruned)
                 stages.append(info)
+                if stages_only and len(stages) == len(self.config.m2as_stages):
+                    return NetworkOutput(None, stages)
             else:
                 x = encoder(x)
             skips.append(x)

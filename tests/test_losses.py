@@ -186,3 +186,22 @@ def test_m2ae_loss_on_tiny_model(preset):
     else:
         assert "mask" not in terms and terms["total"].item() == pytest.approx(
             terms["recon"].item())
+
+
+def test_stages_only_forward_gives_the_stage_terms_of_the_full_forward():
+    model = build_model("small", width=8, mask_context=2).eval()
+    blur, sharp = torch.rand(2, 3, 48, 32), torch.rand(2, 3, 48, 32)
+    mask = torch.zeros(2, 1, 48, 32, dtype=torch.bool)
+    mask[:, :, 10:30, 5:20] = True
+    full = model(blur, mask=mask, pruned=False)
+    heads = model(blur, mask=mask, pruned=False, stages_only=True)
+    assert heads.image is None and [s.stage for s in heads.stages] == [2, 3]
+    for a, b in zip(full.stages, heads.stages):
+        torch.testing.assert_close(a.logits, b.logits)
+        assert torch.equal(a.mask, b.mask)
+    cfg = LossConfig(l1_weight=0, ssim_weight=0, fft_weight=0, mask_weight=1, offset_weight=0)
+    terms, reference = M2AELoss(cfg)(heads, blur, sharp, mask), M2AELoss(cfg)(full, blur, sharp, mask)
+    assert terms["recon"].item() == 0
+    torch.testing.assert_close(terms["total"], reference["total"])
+    with pytest.raises(ValueError, match="stages-only"):
+        M2AELoss(LossConfig())(heads, blur, sharp, mask)

@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from m2ae_core import build_model, get_config
-from m2ae_core.macs import StagePixels, conv_macs, count_macs, naf_block_macs
+from m2ae_core.layers import GlobalMean
+from m2ae_core.macs import StagePixels, conv_macs, count_macs, naf_block_macs, stage_head_macs
+from m2ae_core.m2as import MaskPredictor
 
 
 def test_nafnet_w32_at_paper_resolution_is_764_gmac():
@@ -27,7 +29,7 @@ def hooked_conv_macs(model, image):
     for m in model.modules():
         if isinstance(m, torch.nn.Conv2d):
             m.register_forward_hook(conv_hook)
-        elif isinstance(m, torch.nn.AdaptiveAvgPool2d):
+        elif isinstance(m, GlobalMean):
             m.register_forward_hook(pool_hook)
     with torch.no_grad():
         model(image)
@@ -37,6 +39,17 @@ def hooked_conv_macs(model, image):
 def test_analytic_count_matches_hooks_on_plain_network():
     model = build_model("nafnet-small").eval()
     assert count_macs(model.config, 45, 70) == hooked_conv_macs(model, torch.rand(1, 3, 45, 70))
+
+
+def test_mask_context_units_are_counted():
+    # the context units are convs only: hooks on them count exactly what the formula adds
+    predictor = MaskPredictor(16, context_units=3).eval()
+    features = torch.rand(1, 16, 12, 20)
+    hooked = hooked_conv_macs(predictor.context, features)
+    assert hooked > 0
+    assert stage_head_macs(16, 240, 3) - stage_head_macs(16, 240, 0) == hooked
+    config = get_config("small", mask_context=3)
+    assert count_macs(config, 64, 64) > count_macs(get_config("small"), 64, 64)
 
 
 def test_pruned_counts_shrink_with_the_mask_and_never_exceed_dense():

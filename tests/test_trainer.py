@@ -131,6 +131,46 @@ def test_trainable_parts_train_and_the_rest_stays_frozen(straight_run, photos, t
         train(load_config(_write_yaml(tmp_path / "cfg2.yaml", cfg)))
 
 
+def test_mask_context_heads_train_alone_on_the_teacher_mask(straight_run, photos, tmp_path,
+                                                            monkeypatch):
+    # Start from weights without context units: they are added fresh, everything else loads;
+    # with the ground-truth mask driving the stages only the mask heads see a gradient.
+    from m2ae_core.network import M2AENet
+
+    given = []
+    forward = M2AENet.forward
+
+    def recording_forward(self, image, mask=None, **kwargs):
+        if self.training:
+            given.append((mask, kwargs.get("stages_only")))
+        return forward(self, image, mask=mask, **kwargs)
+
+    monkeypatch.setattr(M2AENet, "forward", recording_forward)
+    init = straight_run / "final.safetensors"
+    cfg = _tiny_config(photos, tmp_path / "run", steps=2, val_every=0)
+    cfg["model"].update(init_weights=str(init), trainable=["mask_predictor"], teacher_mask=True)
+    cfg["model"]["overrides"]["mask_context"] = 2
+    cfg["loss"] = {"l1_weight": 0.0, "ssim_weight": 0.0, "fft_weight": 0.0,
+                   "offset_weight": 0.0, "mask_weight": 1.0}
+    train(load_config(_write_yaml(tmp_path / "cfg.yaml", cfg)))
+    from safetensors.torch import load_file
+
+    start, after = load_file(init), load_file(tmp_path / "run" / "final.safetensors")
+    added = set(after) - set(start)
+    assert added and all(".mask_predictor.context." in key for key in added)
+    assert set(start) <= set(after)
+    changed = {key for key in start if not torch.equal(start[key], after[key])}
+    assert changed and all("mask_predictor" in key for key in changed)
+    # no reconstruction term: the forward stops after the last M2AS stage
+    assert len(given) == 2 and all(m is not None and m.shape[1] == 1 and only for m, only in given)
+    # Fewer context units than the weights hold cannot load.
+    cfg["out_dir"] = str(tmp_path / "run2")
+    cfg["model"]["init_weights"] = str(tmp_path / "run" / "final.safetensors")
+    cfg["model"]["overrides"]["mask_context"] = 1
+    with pytest.raises(M2AEError, match="mask_context"):
+        train(load_config(_write_yaml(tmp_path / "cfg2.yaml", cfg)))
+
+
 def test_exact_resume_is_bitwise(straight_run, photos, tmp_path):
     cfg = _write_yaml(tmp_path / "cfg.yaml", _tiny_config(photos, tmp_path / "run"))
     assert main(["--config", str(cfg), "--stop-at", "3"]) == 0

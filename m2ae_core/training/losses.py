@@ -238,10 +238,19 @@ class M2AELoss(nn.Module):
     def forward(self, output, blur: torch.Tensor, sharp: torch.Tensor,
                 mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         cfg = self.config
-        image = (output.image if hasattr(output, "image") else output).float()
+        image = output.image if hasattr(output, "image") else output
         stages = list(getattr(output, "stages", None) or [])
-        terms = reconstruction_loss(image, sharp, mask, cfg.l1_mask_weight, cfg.ssim_weight,
-                                    cfg.fft_weight, cfg.l1_weight)
+        if image is None:  # a stages-only forward: only the stage terms can be computed
+            if cfg.l1_weight or cfg.ssim_weight or cfg.fft_weight:
+                raise ValueError("a stages-only output has no image for the reconstruction "
+                                 "loss; set l1_weight, ssim_weight and fft_weight to 0")
+            zero = sharp.new_zeros((), dtype=torch.float32)
+            image = sharp.float()  # shapes and dtype only
+            terms = {"l1": zero, "ssim": zero, "fft": zero, "recon": zero}
+        else:
+            image = image.float()
+            terms = reconstruction_loss(image, sharp, mask, cfg.l1_mask_weight, cfg.ssim_weight,
+                                        cfg.fft_weight, cfg.l1_weight)
         total = terms["recon"]
         if stages:
             gt_mask = mask if mask is not None else torch.ones_like(sharp[:, :1])

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -266,15 +267,24 @@ def _freeze_all_but(model: torch.nn.Module, parts) -> None:
                         "(e.g. 'mask_predictor', 'encoders.2')")
 
 
-def _load_initial_weights(model: torch.nn.Module, source: str) -> None:
-    """Copy trained weights into a fresh model (fine-tuning); the architectures must match."""
+def _load_initial_weights(model: torch.nn.Module, source: str) -> list[str]:
+    """Copy trained weights into a fresh model (fine-tuning); the architectures must match,
+    except that the configured model may add mask-context units (they keep their fresh
+    initialisation). Returns the names of the parameters left fresh."""
     from ..weights import load_model
 
     trained = load_model(source, device="cpu")
-    if trained.config != model.config:
+    same_but_context = dataclasses.replace(trained.config, mask_context=model.config.mask_context)
+    if same_but_context != model.config or trained.config.mask_context > model.config.mask_context:
         raise M2AEError(f"model.init_weights {source!r} holds a different architecture "
-                        f"({trained.config}) than the configured model ({model.config})")
-    model.load_state_dict(trained.state_dict())
+                        f"({trained.config}) than the configured model ({model.config}); only "
+                        "more mask_context units may be added")
+    missing, unexpected = model.load_state_dict(trained.state_dict(), strict=False)
+    fresh = [name for name in missing if ".mask_predictor.context." in name]
+    if unexpected or len(fresh) != len(missing):
+        raise M2AEError(f"model.init_weights {source!r}: parameters do not match "
+                        f"(missing {sorted(set(missing) - set(fresh))}, unexpected {unexpected})")
+    return fresh
 
 
 def _train(config: TrainConfig, world: int, rank: int, device: torch.device) -> dict:
@@ -332,7 +342,10 @@ def _train(config: TrainConfig, world: int, rank: int, device: torch.device) -> 
         del ckpt
     else:
         if config.model.init_weights:
-            _load_initial_weights(model, config.model.init_weights)
+            fresh = _load_initial_weights(model, config.model.init_weights)
+            if fresh and main_rank:
+                print(f"init_weights: {len(fresh)} new mask-context tensors start fresh",
+                      flush=True)
         _seed_all(config.seed * 1009 + rank)  # ranks differ in their Gumbel noise
     # Make the scheduler use the (possibly changed) total step count from here on.
     for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
@@ -412,6 +425,10 @@ def _train(config: TrainConfig, world: int, rank: int, device: torch.device) -> 
                           "best": best, "config": config.to_dict(),
                           "model_config": model.config.to_dict()}, ckpt_path)
 
+    # Teacher mask and no reconstruction terms: nothing after the last M2AS stage matters.
+    loss_cfg = criterion.config
+    heads_only = config.model.teacher_mask and not (loss_cfg.l1_weight or loss_cfg.ssim_weight
+                                                     or loss_cfg.fft_weight)
     for batch in loader:
         now = time.perf_counter()
         data_seconds += now - last_time
@@ -419,7 +436,8 @@ def _train(config: TrainConfig, world: int, rank: int, device: torch.device) -> 
         sharp = batch["sharp"].to(device, non_blocking=True)
         mask = batch["mask"].to(device, non_blocking=True)
         with autocast:
-            output = ddp_model(blur)
+            output = ddp_model(blur, mask=mask if config.model.teacher_mask else None,
+                               stages_only=heads_only)
         terms = criterion(output, blur, sharp, mask)
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
