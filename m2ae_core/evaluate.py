@@ -217,7 +217,8 @@ def _device_of(model):
         return None
 
 
-def _evaluate_sample(model, sample: EvalSample, threshold: float, pruned: bool) -> dict:
+def _evaluate_sample(model, sample: EvalSample, threshold: float, pruned: bool,
+                     preserve_sharp: bool = False) -> dict:
     from .inference import deblur
 
     blur = _read_rgb(sample.blur)
@@ -241,7 +242,8 @@ def _evaluate_sample(model, sample: EvalSample, threshold: float, pruned: bool) 
     if cuda:
         import torch
         torch.cuda.reset_peak_memory_stats(device)
-    result = deblur(model, blur, threshold=threshold, pruned=pruned)
+    result = deblur(model, blur, threshold=threshold, pruned=pruned,
+                    preserve_sharp=preserve_sharp)
     peak = None
     if cuda:
         import torch
@@ -305,9 +307,11 @@ def _model_info(model) -> dict:
 
 
 def evaluate(model, dataset_dir, *, threshold: float = 0.5, pruned: bool = True,
-             limit: int | None = None, progress: ProgressCallback | None = None) -> dict:
+             preserve_sharp: bool = False, limit: int | None = None,
+             progress: ProgressCallback | None = None) -> dict:
     """Run :func:`~m2ae_core.inference.deblur` on every sample of ``dataset_dir``.
 
+    ``preserve_sharp``: as in ``deblur`` (input kept outside the feathered predicted mask).
     ``limit``: only the first N samples (in manifest / name order). ``progress(done,
     total)`` is called after each sample (raise from it to abort). Returns
     ``{"model", "dataset", "settings", "samples": [per-sample dict], "aggregates":
@@ -320,7 +324,7 @@ def evaluate(model, dataset_dir, *, threshold: float = 0.5, pruned: bool = True,
         samples = samples[:int(limit)]
     records = []
     for index, sample in enumerate(samples):
-        records.append(_evaluate_sample(model, sample, threshold, pruned))
+        records.append(_evaluate_sample(model, sample, threshold, pruned, preserve_sharp))
         if progress is not None:
             progress(index + 1, len(samples))
     kinds = [r["kind"] for r in records]
@@ -329,6 +333,7 @@ def evaluate(model, dataset_dir, *, threshold: float = 0.5, pruned: bool = True,
                "global": kinds.count("global"), **info}
     has_stages = bool(getattr(getattr(model, "config", None), "m2as_stages", ()))
     settings = {"threshold": float(threshold), "pruned": bool(pruned and has_stages),
+                "preserve_sharp": bool(preserve_sharp),
                 "limit": None if limit is None else int(limit), "psnr_cap": PSNR_CAP}
     return {"model": _model_info(model), "dataset": dataset, "settings": settings,
             "samples": records, "aggregates": aggregate(records)}
@@ -412,6 +417,8 @@ def format_markdown(results: dict, command: str | None = None) -> str:
              + f"; {data['samples']} samples: {data['local']} local, {data['global']} global)",
              f"- Settings: threshold {settings['threshold']}, "
              f"{'pruned' if settings['pruned'] else 'dense'} path"
+             + (", input kept outside the predicted mask (preserve_sharp)"
+                if settings.get("preserve_sharp") else "")
              + (f", first {settings['limit']} samples" if settings.get("limit") else ""),
              f"- Command: `{command or results.get('command') or shlex.join(sys.argv)}`", "",
              "Input = the blurred image vs ground truth (baseline); out = the restored image. "
@@ -473,6 +480,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="blur probability above which a pixel is restored (default 0.5)")
     parser.add_argument("--dense", action="store_true",
                         help="run the dense masked path instead of the pixel-pruned one")
+    parser.add_argument("--preserve-sharp", action="store_true",
+                        help="keep the input outside the (feathered) predicted mask, as "
+                             "m2ae deblur --preserve-sharp does")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="evaluate only the first N samples")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps ... (default cpu)")
@@ -490,6 +500,8 @@ def _command_line(args: argparse.Namespace) -> str:
         parts += ["--threshold", f"{args.threshold:g}"]
     if args.dense:
         parts.append("--dense")
+    if args.preserve_sharp:
+        parts.append("--preserve-sharp")
     if args.limit is not None:
         parts += ["--limit", str(args.limit)]
     if args.device is not None:
@@ -518,7 +530,8 @@ def run_eval(args: argparse.Namespace) -> int:
         find_samples(args.data)  # fail on a bad folder before loading the model
         model = load_model(args.weights, device=args.device)
         results = evaluate(model, args.data, threshold=args.threshold, pruned=not args.dense,
-                           limit=args.limit, progress=progress)
+                           preserve_sharp=args.preserve_sharp, limit=args.limit,
+                           progress=progress)
         results["command"] = _command_line(args)
         written = write_report(results, args.output) if args.output is not None else None
     except KeyboardInterrupt:

@@ -96,6 +96,16 @@ def test_input_and_restored_metrics_match_metrics_module(results, dataset, model
         metrics.endpoint_error(restored.trajectory, s.trajectory, s.mask), rel=1e-6)
 
 
+def test_preserve_sharp_is_measured_on_the_composited_output(dataset, model, results):
+    kept = evaluate(model, dataset, preserve_sharp=True, limit=1)
+    assert kept["settings"]["preserve_sharp"] is True and results["settings"]["preserve_sharp"] is False
+    record = kept["samples"][0]
+    s = read_sample(dataset, "0000")
+    composite = deblur(model, s.blur[None], preserve_sharp=True)
+    assert record["psnr"] == pytest.approx(metrics.psnr(composite.image, s.sharp), abs=1e-9)
+    assert record["psnr"] != results["samples"][0]["psnr"]
+
+
 def test_write_report(results, tmp_path):
     json_path, md_path = write_report(results, tmp_path / "report", command="m2ae eval --x")
     data = json.loads(json_path.read_text())
