@@ -41,10 +41,6 @@ class ModelSection:
     # Train only the parameters whose dotted name contains one of these parts (e.g.
     # [mask_predictor]); every other parameter stays frozen. Empty = train everything.
     trainable: list = field(default_factory=list)
-    # The M2AS stages use the ground-truth blur mask instead of their own prediction (their
-    # logits are still trained by L_mask): trains mask heads alone, with trainable
-    # [mask_predictor], without the rest of the network seeing the heads' early mistakes.
-    teacher_mask: bool = False
 
 
 @dataclass

@@ -425,10 +425,10 @@ def _train(config: TrainConfig, world: int, rank: int, device: torch.device) -> 
                           "best": best, "config": config.to_dict(),
                           "model_config": model.config.to_dict()}, ckpt_path)
 
-    # Teacher mask and no reconstruction terms: nothing after the last M2AS stage matters.
+    # No reconstruction term (training mask heads alone): nothing after the last M2AS stage
+    # enters the loss, so the forward stops there.
     loss_cfg = criterion.config
-    heads_only = config.model.teacher_mask and not (loss_cfg.l1_weight or loss_cfg.ssim_weight
-                                                     or loss_cfg.fft_weight)
+    heads_only = not (loss_cfg.l1_weight or loss_cfg.ssim_weight or loss_cfg.fft_weight)
     for batch in loader:
         now = time.perf_counter()
         data_seconds += now - last_time
@@ -436,8 +436,7 @@ def _train(config: TrainConfig, world: int, rank: int, device: torch.device) -> 
         sharp = batch["sharp"].to(device, non_blocking=True)
         mask = batch["mask"].to(device, non_blocking=True)
         with autocast:
-            output = ddp_model(blur, mask=mask if config.model.teacher_mask else None,
-                               stages_only=heads_only)
+            output = ddp_model(blur, stages_only=heads_only)
         terms = criterion(output, blur, sharp, mask)
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
