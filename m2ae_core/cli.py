@@ -246,14 +246,20 @@ def _add_demo_command(commands) -> None:
     demo.set_defaults(handler=run_demo)
 
 
+HEAVY_COMMANDS = {"deblur", "eval", "train"}  # worth a restart with huge pages (~1.5 s)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0
-    from .memory import return_freed_memory_promptly
+    from .memory import restart_with_huge_pages, return_freed_memory_promptly
 
+    if argv is None and getattr(args, "command", None) in HEAVY_COMMANDS:
+        # the process is the command's own (console script / python -m), never a caller's
+        restart_with_huge_pages("m2ae_core.cli", sys.argv[1:])
     return_freed_memory_promptly()  # this process is ours: keep peak memory low and stable
     return int(args.handler(args) or 0)
 

@@ -119,3 +119,20 @@ def test_console_script_help_documents_every_option():
                    "--tile-context",
                    "--device", "--weights", "--preserve-sharp", "--overwrite"):
         assert option in out
+
+
+def test_console_run_restarts_itself_with_huge_pages_and_works(tmp_path, weights):
+    # As a process of its own, `m2ae deblur` re-executes once with glibc's huge-page tunable
+    # (m2ae_core/memory.py); the run must still read its arguments and write the result.
+    import os
+
+    src = write_photo(tmp_path / "in.png")
+    out = tmp_path / "out.png"
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "M2AE_ALLOCATOR_RESTARTED")}
+    probe = ("import runpy, sys; sys.argv = ['m2ae'] + sys.argv[1:]; "
+             "runpy.run_module('m2ae_core.cli', run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", probe, "deblur", str(src), "-o", str(out),
+                           "--weights", str(weights)], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert Image.open(out).size == (48, 40)
+    assert "processed" in done.stdout

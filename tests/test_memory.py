@@ -45,3 +45,79 @@ def test_feature_maps_are_mmapped_even_after_a_large_free():
 def test_a_users_malloc_setting_wins(monkeypatch):
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "4194304")
     assert return_freed_memory_promptly() is False
+
+
+# --------------------------------------------------------------------------- huge pages
+
+from m2ae_core import memory  # noqa: E402
+
+HUGE_SCENARIO = r"""
+import torch
+from m2ae_core.memory import return_freed_memory_promptly
+return_freed_memory_promptly()
+block = torch.ones(64 << 20 >> 2)  # 64 MiB, mmapped under the policy, touched by ones()
+rollup = open("/proc/self/smaps_rollup").read()
+print(next(int(l.split()[1]) for l in rollup.splitlines() if l.startswith("AnonHugePages")))
+"""
+
+
+def _thp_mode() -> str:
+    try:
+        text = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        return "absent"
+    return text.split("[")[1].split("]")[0]
+
+
+def test_with_huge_pages_adds_the_tunable_and_keeps_the_users(monkeypatch):
+    monkeypatch.setattr(memory, "_glibc", lambda: True)
+    assert memory.with_huge_pages({})["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+    env = memory.with_huge_pages({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "X": "1"})
+    assert env == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1", "X": "1"}
+    mine = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}
+    assert memory.with_huge_pages(mine) == mine
+    monkeypatch.setattr(memory, "_glibc", lambda: False)
+    assert memory.with_huge_pages({}) == {}
+
+
+def test_restart_happens_once_and_only_when_it_changes_something(monkeypatch):
+    calls = []
+    monkeypatch.setattr(memory.os, "execve", lambda *a: calls.append(a))
+    monkeypatch.setattr(memory, "_glibc", lambda: True)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.delenv(memory.RESTARTED, raising=False)
+    memory.restart_with_huge_pages("m2ae_core.cli", ["deblur", "a.png"])
+    (exe, argv, env), = calls
+    assert argv == [sys.executable, "-m", "m2ae_core.cli", "deblur", "a.png"]
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1" and env[memory.RESTARTED] == "1"
+    monkeypatch.setenv(memory.RESTARTED, "1")
+    memory.restart_with_huge_pages("m2ae_core.cli", [])
+    monkeypatch.delenv(memory.RESTARTED)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
+    memory.restart_with_huge_pages("m2ae_core.cli", [])
+    assert len(calls) == 1
+
+
+def test_cli_called_from_python_never_replaces_the_process(monkeypatch, tmp_path):
+    from m2ae_core.cli import main
+
+    def forbidden(*args):
+        raise AssertionError("main(argv) must not exec")
+
+    monkeypatch.setattr(memory.os, "execve", forbidden)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert main(["deblur", str(tmp_path / "absent.png"), "-o", str(tmp_path / "o.png")]) == 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc/proc behaviour")
+def test_the_tunable_gives_feature_maps_huge_pages():
+    if _thp_mode() not in ("madvise", "always") or not memory._glibc():
+        pytest.skip(f"transparent huge pages unavailable here ({_thp_mode()})")
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_")}
+    huge = int(subprocess.run([sys.executable, "-c", HUGE_SCENARIO], capture_output=True, text=True,
+                              env=memory.with_huge_pages(env), check=True).stdout)
+    assert huge >= 32 << 10  # kB: most of the 64 MiB block
+    if _thp_mode() == "madvise":  # without the tunable nobody asks for them
+        plain = int(subprocess.run([sys.executable, "-c", HUGE_SCENARIO], capture_output=True,
+                                   text=True, env=env, check=True).stdout)
+        assert plain < huge

@@ -26,7 +26,9 @@ def _handlers():
 
 
 def child_env(threads: int | None) -> dict:
-    env = dict(os.environ)
+    from ..memory import with_huge_pages
+
+    env = with_huge_pages()  # the allocator policy of the m2ae CLI (see m2ae_core/memory.py)
     if threads:
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             env[name] = str(threads)

@@ -68,8 +68,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     extra.add_argument("--profile", action="store_true",
                        help="per-op and per-part time breakdown (torch.profiler) of one cell")
     extra.add_argument("--profile-cell", default=None, metavar="MODEL:WxH:PERCENT",
-                       help="the profiled cell (default: the first pruned model, the largest "
-                            "size, the fraction nearest 10 %%)")
+                       help="the profiled cell (implies --profile; default: the first pruned "
+                            "model, the largest size, the fraction nearest 10 %%)")
 
 
 def validate(args: argparse.Namespace) -> None:
@@ -81,6 +81,8 @@ def validate(args: argparse.Namespace) -> None:
             raise ConfigError(f"--fractions are percentages within 0..100, got {fraction:g}")
     if args.threads is not None and args.threads < 1:
         raise ConfigError("--threads must be at least 1")
+    if args.profile_cell:
+        args.profile = True  # naming a cell to profile asks for the profile
     args.device = args.device or _default_device()
     if args.device != "cpu" and not args.device.startswith("cuda"):
         raise ConfigError(f"--device must be cpu or cuda, got {args.device!r}")
