@@ -83,17 +83,32 @@ def _masked_conv_rows(pixels: torch.Tensor, plan: PrunePlan, width: int, conv1: 
     """conv2(conv1(.)) at the masked pixels only: [Q, 2C] from channels-last rows [N, C]."""
     c = pixels.shape[1]
     inner = conv1.out_channels
-    pointwise = torch.addmm(conv1.bias, pixels.index_select(0, plan.dilated_index),
-                            conv1.weight.view(inner, c).t())
-    # One extra zero row stands for conv2's zero padding and for pixels outside the set.
-    pointwise = torch.cat((pointwise, pointwise.new_zeros(1, inner)))
+    gathered = pixels.index_select(0, plan.dilated_index)
     kernel = conv2.weight.view(inner, 9)
     out = conv2.bias.expand(plan.masked, inner).clone()
+    if torch.is_grad_enabled():  # autograd has no out= variants
+        pointwise = torch.addmm(conv1.bias, gathered, conv1.weight.view(inner, c).t())
+        # One extra zero row stands for conv2's zero padding and for pixels outside the set.
+        pointwise = torch.cat((pointwise, pointwise.new_zeros(1, inner)))
+        for tap in range(9):
+            out.addcmul_(pointwise.index_select(0, _neighbours(plan, width, tap)), kernel[:, tap])
+        return out
+    # Inference: the same values without a copy of the table or a fresh buffer per tap
+    # (each new buffer is fresh memory the OS must fault in and zero).
+    pointwise = gathered.new_empty(plan.dilated + 1, inner)
+    torch.addmm(conv1.bias, gathered, conv1.weight.view(inner, c).t(), out=pointwise[:-1])
+    pointwise[-1] = 0
+    taps = gathered.new_empty(plan.masked, inner)
     for tap in range(9):
-        dy, dx = tap // 3 - 1, tap % 3 - 1
-        neighbour = plan.lookup.index_select(0, plan.centre + dy * (width + 2) + dx)
-        out.addcmul_(pointwise.index_select(0, neighbour), kernel[:, tap])
+        torch.index_select(pointwise, 0, _neighbours(plan, width, tap), out=taps)
+        out.addcmul_(taps, kernel[:, tap])
     return out
+
+
+def _neighbours(plan: PrunePlan, width: int, tap: int) -> torch.Tensor:
+    """Row in the dilated set (or the zero row) of each masked pixel's neighbour ``tap``."""
+    dy, dx = tap // 3 - 1, tap % 3 - 1
+    return plan.lookup.index_select(0, plan.centre + dy * (width + 2) + dx)
 
 
 def masked_gated_conv_pruned(f1: torch.Tensor, plan: PrunePlan, conv1: nn.Conv2d,
