@@ -116,6 +116,7 @@ _STAGE_BLOCK = re.compile(r"^(encoders|decoders)\.(\d+)\.(\d+)\.")
 _MIDDLE_BLOCK = re.compile(r"^middle_blks\.(\d+)\.")
 _DOWN = re.compile(r"^downs\.(\d+)\.weight$")
 _M2AS_KEY = re.compile(r"^encoders\.(\d+)\.(?:mask_predictor\.|motion_analyzer\.|\d+\.dconv\.)")
+_CONTEXT_UNIT = re.compile(r"^encoders\.\d+\.mask_predictor\.context\.(\d+)\.")
 
 
 def _is_m2as_key(key: str) -> bool:
@@ -157,6 +158,7 @@ def infer_config(state_dict: dict[str, torch.Tensor], name: str = "inferred") ->
             middle.add(int(m.group(1)))
         if (m := _M2AS_KEY.match(key)):
             m2as.add(int(m.group(1)))
+    context_units = {int(m.group(1)) for k in state_dict if (m := _CONTEXT_UNIT.match(k))}
     taps = 9
     for key, value in state_dict.items():
         if key.endswith(".dconv.weight") and isinstance(value, torch.Tensor) and value.dim() == 2:
@@ -168,7 +170,8 @@ def infer_config(state_dict: dict[str, torch.Tensor], name: str = "inferred") ->
         return M2AEConfig(width=width, enc_blocks=tuple(len(b) for b in enc),
                           middle_blocks=len(middle), dec_blocks=dec_blocks,
                           m2as_stages=tuple(sorted(m2as)), in_channels=in_channels,
-                          trajectory_instants=taps, name=name)
+                          trajectory_instants=taps, mask_context=len(context_units),
+                          name=name)
     except ConfigError as exc:
         raise WeightsError(f"could not infer an M2AENet config from the state dict: {exc}; "
                            "pass preset=... to choose the architecture") from None

@@ -186,6 +186,8 @@ def test_infer_config_reads_m2as_stages(tmp_path):
     config, state = W.load_state(path)
     assert config == PRESETS["small"] and config.name == "inferred"
     assert W.infer_config(build_model("paper").state_dict()) == PRESETS["paper"]
+    context = build_model("small", width=8, mask_context=3)
+    assert W.infer_config(context.state_dict()) == context.config
     _assert_same_state(W.load_model(path).state_dict(), model.state_dict())
 
 
