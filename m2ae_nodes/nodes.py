@@ -2,7 +2,8 @@
 
 ComfyUI conventions: IMAGE is a float tensor [B,H,W,C] in 0..1, MASK a float tensor [B,H,W].
 Each batch item goes through :func:`m2ae_core.deblur` on its own (memory stays that of one
-image); progress is reported per tile and the run stops at the next tile when the user cancels.
+image); progress is reported per tile (a tiled image is run twice, see ``tile_context``) and
+the run stops at the next tile when the user cancels.
 
 Node classes never inherit from one another: ComfyUI caches a node's schema on its class, so a
 subclass would reuse its parent's outputs.
