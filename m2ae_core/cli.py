@@ -246,7 +246,7 @@ def _add_demo_command(commands) -> None:
     demo.set_defaults(handler=run_demo)
 
 
-HEAVY_COMMANDS = {"deblur", "eval", "train"}  # worth a restart with huge pages (~1.5 s)
+HEAVY_COMMANDS = {"deblur", "eval", "train", "demo"}  # worth a restart with huge pages (~1.5 s)
 
 
 def main(argv: list[str] | None = None) -> int:
