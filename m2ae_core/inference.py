@@ -152,7 +152,14 @@ def _run(model, image, mask, threshold, tile, progress, tile_context: str = "ima
             progress(done, total_steps)
 
     def restore_tile(x, tile_mask):
-        return model(x, mask=tile_mask, threshold=threshold, pruned=pruned)
+        # counted on every call: with image-wide context the first pass costs as much
+        nonlocal macs, dense_macs
+        out = model(x, mask=tile_mask, threshold=threshold, pruned=pruned)
+        counts = {s.stage: StagePixels(s.masked_pixels, s.dilated_pixels) for s in out.stages}
+        height, width = x.shape[-2:]
+        macs += count_macs(model.config, height, width, counts if pruned and has_stages else None)
+        dense_macs += count_macs(model.config, height, width)
+        return out
 
     def analyze_tile(x, tile_mask):
         return model.analyze(x, mask=tile_mask, threshold=threshold)
@@ -185,11 +192,6 @@ def _run(model, image, mask, threshold, tile, progress, tile_context: str = "ima
                             out = restore_tile(x, tile_mask)
                         maps.image[:, rows, cols] += out.image[0].float().cpu() * weight
                         stages = out.stages
-                        counts = {s.stage: StagePixels(s.masked_pixels, s.dilated_pixels)
-                                  for s in stages}
-                        macs += count_macs(model.config, t.height, t.width,
-                                           counts if pruned and has_stages else None)
-                        dense_macs += count_macs(model.config, t.height, t.width)
                     else:
                         with fixed_context(means):
                             first = analyze_tile(x, tile_mask)

@@ -120,3 +120,14 @@ def test_analyze_with_image_context_and_bad_context_name():
     assert err_shared < 0.5 * err_tile, (err_shared, err_tile)
     with pytest.raises(ValueError, match="tile_context"):
         deblur(model, image, tile=96, tile_context="whole")
+
+
+def test_macs_count_both_passes():
+    model = randomize_(build_model("small", width=8), seed=5).eval()
+    image = torch.rand(1, 3, 192, 256)
+    mask = torch.zeros(1, 1, 192, 256, dtype=torch.bool)
+    mask[..., 40:120, 60:200] = True
+    one = deblur(model, image, mask=mask, tile=128, tile_context="tile").stats
+    two = deblur(model, image, mask=mask, tile=128, tile_context="image").stats
+    assert two["dense_macs"] == 2 * one["dense_macs"]
+    assert two["macs"] == 2 * one["macs"]  # the user mask fixes the pruned pixels of both passes
