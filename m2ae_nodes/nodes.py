@@ -21,6 +21,7 @@ import comfy.model_management as model_management
 import comfy.utils
 from comfy_api.latest import ComfyExtension, io
 from m2ae_core import DeblurResult, M2AEError, analyze, deblur
+from m2ae_core.inference import TILE_CONTEXTS
 from m2ae_core.tiling import MIN_TILE, resolve_tile_size
 from m2ae_core.visualize import trajectory_to_rgb
 
@@ -120,7 +121,7 @@ def _make_room(m: M2AEModel, image: torch.Tensor, tile: int | None) -> None:
 
 def run_deblur(m: M2AEModel, image: torch.Tensor, *, mask=None, threshold: float = 0.5,
                preserve_sharp: bool = False, tile: int | None = None,
-               maps_only: bool = False) -> list[DeblurResult]:
+               tile_context: str = "image", maps_only: bool = False) -> list[DeblurResult]:
     """``m2ae_core.deblur`` on each batch item, with ComfyUI's progress bar and cancel button.
 
     ``maps_only``: ``m2ae_core.analyze`` instead (mask, probability, trajectory; no restore).
@@ -148,12 +149,12 @@ def run_deblur(m: M2AEModel, image: torch.Tensor, *, mask=None, threshold: float
                 if maps_only:
                     results.append(analyze(network, image[item:item + 1], mask=item_mask,
                                            threshold=float(threshold), tile=tile,
-                                           progress=progress))
+                                           tile_context=tile_context, progress=progress))
                 else:
                     results.append(deblur(network, image[item:item + 1], mask=item_mask,
                                           threshold=float(threshold), pruned=True,
                                           preserve_sharp=bool(preserve_sharp), tile=tile,
-                                          progress=progress))
+                                          tile_context=tile_context, progress=progress))
     finally:
         if m.offload_device != m.device:
             network.to(m.offload_device)
@@ -309,6 +310,13 @@ class M2AEPrunedDeblur(io.ComfyNode):
                     "mask", optional=True,
                     tooltip="Optional: the pixels to restore (white = blurred). Replaces the "
                             "predicted mask; one mask for the batch or one per image."),
+                io.Combo.Input(
+                    "tile_context", options=list(TILE_CONTEXTS), default="image",
+                    optional=True,
+                    tooltip="Tiled images only. image: every tile sees the whole image's "
+                            "pooled statistics, as untiled (two passes, about twice the "
+                            "time); tile: each tile its own (one pass, tiles may differ "
+                            "slightly)."),
             ],
             outputs=[
                 io.Image.Output("restored", display_name="image",
@@ -329,7 +337,7 @@ class M2AEPrunedDeblur(io.ComfyNode):
 
     @classmethod
     def execute(cls, m2ae_model, image, threshold, preserve_sharp, tile_size,
-                mask=None) -> io.NodeOutput:
+                mask=None, tile_context="image") -> io.NodeOutput:
         message = cls.validate_inputs(tile_size)
         if message is not True:
             raise M2AEError(f"M2AE: {message}")
@@ -338,7 +346,8 @@ class M2AEPrunedDeblur(io.ComfyNode):
                             "nothing is restored; paint the blurred area in the mask editor or "
                             "disconnect the mask to use the predicted one")
         results = run_deblur(m2ae_model, image, mask=mask, threshold=threshold,
-                             preserve_sharp=preserve_sharp, tile=tile_size or None)
+                             preserve_sharp=preserve_sharp, tile=tile_size or None,
+                             tile_context=tile_context)
         return io.NodeOutput(_images(results), _masks(results, "mask"))
 
 

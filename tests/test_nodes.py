@@ -117,7 +117,7 @@ else:
         assert M2AEEstimateTrajectory.RETURN_TYPES == ["IMAGE", "M2AE_TRAJECTORY"]
         assert M2AEPrunedDeblur.RETURN_TYPES == ["IMAGE", "MASK"]
         info = M2AEPrunedDeblur.GET_NODE_INFO_V1()
-        assert list(info["input"]["optional"]) == ["mask"]
+        assert list(info["input"]["optional"]) == ["mask", "tile_context"]
 
     def test_repo_root_is_the_pack_entry_point():
         spec = importlib.util.spec_from_file_location(
@@ -326,6 +326,23 @@ else:
         assert tiles > 1 and calls[-1] == (2 * steps, 2 * steps)
         values = [v for v, _ in calls]
         assert values == sorted(values) and len(values) == 2 * steps
+
+    def test_tile_context_option_reaches_deblur(tiny, monkeypatch):
+        import m2ae_nodes.nodes as nodes_module
+        seen = []
+
+        def spy(*args, **kwargs):
+            seen.append(kwargs["tile_context"])
+            return deblur(*args, **kwargs)
+
+        monkeypatch.setattr(nodes_module, "deblur", spy)
+        image = photo(height=100, width=130, seed=6)
+        M2AEPrunedDeblur.execute(tiny, image, 0.5, False, 64)  # graphs without the input
+        M2AEPrunedDeblur.execute(tiny, image, 0.5, False, 64, tile_context="tile")
+        assert seen == ["image", "tile"]
+        schema = M2AEPrunedDeblur.define_schema()
+        option = next(i for i in schema.inputs if i.id == "tile_context")
+        assert option.optional and option.default == "image"
 
     def test_interrupt_stops_at_the_next_tile(tiny, monkeypatch):
         calls = []
