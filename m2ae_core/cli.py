@@ -143,7 +143,9 @@ def add_deblur_arguments(parser: argparse.ArgumentParser) -> None:
                         help="blur probability above which a pixel is restored (default 0.5)")
     parser.add_argument("--tile", type=int, default=None,
                         help="tile side in pixels for big images; 0 = never tile; default: automatic")
-    parser.add_argument("--tile-context", choices=("image", "tile"), default="image",
+    from .inference import TILE_CONTEXTS
+
+    parser.add_argument("--tile-context", choices=TILE_CONTEXTS, default="image",
                         help="what the network's global pooling sees when tiling: the whole image "
                              "(default; as untiled, two passes, about 2x time) or each tile alone")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps ... (default cpu)")

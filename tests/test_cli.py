@@ -124,11 +124,22 @@ def test_console_script_help_documents_every_option():
 def test_console_run_restarts_itself_with_huge_pages_and_works(tmp_path, weights):
     # As a process of its own, `m2ae deblur` re-executes once with glibc's huge-page tunable
     # (m2ae_core/memory.py); the run must still read its arguments and write the result.
+    # A sitecustomize on the path records the environment of every interpreter that starts.
     import os
 
+    from m2ae_core import memory
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    seen = tmp_path / "seen.txt"
+    (hook / "sitecustomize.py").write_text(
+        "import os\n"
+        f"with open({str(seen)!r}, 'a') as f:\n"
+        "    f.write(os.environ.get('GLIBC_TUNABLES', '-') + '\\n')\n")
     src = write_photo(tmp_path / "in.png")
     out = tmp_path / "out.png"
-    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "M2AE_ALLOCATOR_RESTARTED")}
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", memory.RESTARTED)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))
     probe = ("import runpy, sys; sys.argv = ['m2ae'] + sys.argv[1:]; "
              "runpy.run_module('m2ae_core.cli', run_name='__main__')")
     done = subprocess.run([sys.executable, "-c", probe, "deblur", str(src), "-o", str(out),
@@ -136,3 +147,5 @@ def test_console_run_restarts_itself_with_huge_pages_and_works(tmp_path, weights
     assert done.returncode == 0, done.stderr
     assert Image.open(out).size == (48, 40)
     assert "processed" in done.stdout
+    expected = ["-", memory.HUGE_PAGES] if memory._glibc() else ["-"]
+    assert seen.read_text().split() == expected  # started once plain, restarted once with it

@@ -240,23 +240,19 @@ class M2AELoss(nn.Module):
         cfg = self.config
         image = output.image if hasattr(output, "image") else output
         stages = list(getattr(output, "stages", None) or [])
+        zero = sharp.new_zeros((), dtype=torch.float32)
         if image is None:  # a stages-only forward: only the stage terms can be computed
             if cfg.l1_weight or cfg.ssim_weight or cfg.fft_weight:
                 raise ValueError("a stages-only output has no image for the reconstruction "
                                  "loss; set l1_weight, ssim_weight and fft_weight to 0")
-            zero = sharp.new_zeros((), dtype=torch.float32)
-            image = sharp.float()  # shapes and dtype only
             terms = {"l1": zero, "ssim": zero, "fft": zero, "recon": zero}
         else:
-            image = image.float()
-            terms = reconstruction_loss(image, sharp, mask, cfg.l1_mask_weight, cfg.ssim_weight,
-                                        cfg.fft_weight, cfg.l1_weight)
+            terms = reconstruction_loss(image.float(), sharp, mask, cfg.l1_mask_weight,
+                                        cfg.ssim_weight, cfg.fft_weight, cfg.l1_weight)
         total = terms["recon"]
         if stages:
             gt_mask = mask if mask is not None else torch.ones_like(sharp[:, :1])
-            mask_sum = image.new_zeros(())
-            reblur_sum = image.new_zeros(())
-            tv_sum = image.new_zeros(())
+            mask_sum = reblur_sum = tv_sum = zero
             for info in stages:
                 size = tuple(info.logits.shape[-2:])
                 ce = mask_cross_entropy(info.logits, to_stage_grid(gt_mask.float(), info.scale,
@@ -266,7 +262,7 @@ class M2AELoss(nn.Module):
                 blur_small = to_stage_grid(blur.float(), info.scale, size, "area")
                 start, end = info.start.float(), info.end.float()
                 rb = reblur_loss(sharp_small, blur_small, start, end, cfg.reblur_instants)
-                tv = tv_loss(start, end) if min(size) > 1 else image.new_zeros(())
+                tv = tv_loss(start, end) if min(size) > 1 else zero
                 terms[f"mask_s{info.stage}"] = ce
                 terms[f"reblur_s{info.stage}"] = rb
                 terms[f"tv_s{info.stage}"] = tv
