@@ -7,7 +7,9 @@ import torch
 from m2ae_core.network import build_model
 from m2ae_core.training.losses import (LossConfig, M2AELoss, fft_l1, forward_warp,
                                        mask_cross_entropy, reblur_loss, reconstruction_loss,
-                                       ssim_loss, to_stage_grid, tv_loss, weighted_l1)
+                                       ssim_loss, to_stage_grid, trajectory_loss, tv_loss,
+                                       weighted_l1)
+from m2ae_core.m2as import StageOutput
 
 
 def _shift_keep_holes(image: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
@@ -205,3 +207,82 @@ def test_stages_only_forward_gives_the_stage_terms_of_the_full_forward():
     torch.testing.assert_close(terms["total"], reference["total"])
     with pytest.raises(ValueError, match="stages-only"):
         M2AELoss(LossConfig())(heads, blur, sharp, mask)
+
+
+def _trajectory_maps(b, h, w, start, end):
+    traj = torch.zeros(b, 4, h, w)
+    for i, v in enumerate((*start, *end)):
+        traj[:, i] = v
+    return traj
+
+
+def test_trajectory_loss_hand_computed():
+    target = _trajectory_maps(1, 4, 4, (-3.0, 1.0), (3.0, -1.0))
+    weight = torch.ones(1, 1, 4, 4)
+    start, end = target[:, :2].clone(), target[:, 2:].clone()
+    assert trajectory_loss(start, end, target, weight).item() == pytest.approx(0, abs=2e-3)
+    # Time reversed: the same blur, no error.
+    assert trajectory_loss(end, start, target, weight).item() == pytest.approx(0, abs=2e-3)
+    # Start off by (3, 4): end-point errors 5 and 0, mean 2.5.
+    off = start + torch.tensor([3.0, 4.0]).view(1, 2, 1, 1)
+    assert trajectory_loss(off, end, target, weight).item() == pytest.approx(2.5, abs=2e-3)
+    # Only weighted pixels count; no weight at all gives 0.
+    half = torch.zeros_like(weight)
+    half[..., :2] = 1
+    off[..., 2:] += 100
+    assert trajectory_loss(off, end, target, half).item() == pytest.approx(2.5, abs=2e-3)
+    assert trajectory_loss(off, end, target, torch.zeros_like(weight)).item() == 0
+
+
+def test_trajectory_term_compares_on_the_stage_grid_in_grid_pixels():
+    b, h, w, scale = 2, 16, 16, 4
+    traj = _trajectory_maps(b, h, w, (-8.0, 4.0), (8.0, -4.0))
+    mask = torch.zeros(b, 1, h, w)
+    mask[..., 2:10, 1:7] = 1  # partly covers grid cells: their target is still (-8, 4) / 4
+    traj = traj * mask
+
+    def stages_with(start, end):
+        grid = (h // scale, w // scale)
+        logits = torch.zeros(b, 2, *grid)
+        stage = StageOutput(stage=2, scale=scale, logits=logits,
+                            probability=torch.full((b, 1, *grid), 0.5),
+                            mask=torch.ones(b, 1, *grid), start=start, end=end)
+        return type("Output", (), {"image": None, "stages": [stage]})()
+
+    grid_start = torch.tensor([-2.0, 1.0]).view(1, 2, 1, 1).expand(b, 2, h // scale, w // scale)
+    cfg = LossConfig(l1_weight=0, ssim_weight=0, fft_weight=0, mask_weight=0, offset_weight=0,
+                     trajectory_weight=1)
+    loss = M2AELoss(cfg)
+    blur = sharp = torch.rand(b, 3, h, w)
+    right = loss(stages_with(grid_start, -grid_start), blur, sharp, mask, traj,
+                 torch.tensor([True, True]))
+    assert right["traj"].item() == pytest.approx(0, abs=2e-3)
+    assert right["total"].item() == pytest.approx(right["traj"].item())
+    # In input pixels instead of grid pixels: (-8, 4) vs (-2, 1) is 3 * sqrt(5) off.
+    wrong = loss(stages_with(4 * grid_start, -4 * grid_start), blur, sharp, mask, traj,
+                 torch.tensor([True, True]))
+    assert wrong["traj"].item() == pytest.approx(3 * math.sqrt(5), rel=1e-3)
+    # Samples without a known trajectory do not count.
+    unknown = loss(stages_with(4 * grid_start, -4 * grid_start), blur, sharp, mask, traj,
+                   torch.tensor([False, False]))
+    assert unknown["traj"].item() == 0
+
+
+def test_trajectory_term_moves_a_zero_initialised_motion_analyzer():
+    torch.manual_seed(2)
+    model = build_model("small", width=8).train()
+    analyzers = [m for n, m in model.named_modules() if n.endswith("motion_analyzer")]
+    assert analyzers and all(a.weight.abs().sum() == 0 for a in analyzers)
+    blur, sharp = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[:, :, 8:24, 4:28] = 1
+    traj = _trajectory_maps(2, 32, 32, (-6.0, 0.0), (6.0, 0.0)) * mask
+    cfg = LossConfig(trajectory_weight=1.0)
+    terms = M2AELoss(cfg)(model(blur), blur, sharp, mask, traj, torch.tensor([True, True]))
+    assert {"traj", "traj_s2", "traj_s3"} <= set(terms)
+    assert terms["traj"].item() > 1  # zero motion against |o| = 6 input px
+    terms["total"].backward()
+    assert all(a.weight.grad.abs().sum() > 0 for a in analyzers)
+    # Off by default: no term, the total is the DESIGN loss.
+    plain = M2AELoss(LossConfig())(model(blur), blur, sharp, mask, traj, torch.tensor([True, True]))
+    assert "traj" not in plain
