@@ -71,6 +71,7 @@ class StageOutput:
     end: torch.Tensor  # [B,2,h,w]
     masked_pixels: int = 0  # pixels of the grid through the mask-aware conv (pruned path)
     dilated_pixels: int = 0
+    motion: torch.Tensor | None = None  # [B,4,h,w], (start, end) before the mask's gating
 
 
 class M2ASBlock(NAFBlock):
@@ -162,7 +163,7 @@ class M2ASStage(nn.Module):
             start, end = start * gate, end * gate
         masked = int((mask > 0.5).sum())
         return StageOutput(self.stage, 2 ** self.stage, logits, probability, mask, start, end,
-                           masked, masked)
+                           masked, masked, motion)
 
     def forward(self, x: torch.Tensor, user_mask: torch.Tensor | None = None,
                 threshold: float = 0.5, pruned: bool = False) -> tuple[torch.Tensor, StageOutput]:

@@ -286,3 +286,24 @@ def test_trajectory_term_moves_a_zero_initialised_motion_analyzer():
     # Off by default: no term, the total is the DESIGN loss.
     plain = M2AELoss(LossConfig())(model(blur), blur, sharp, mask, traj, torch.tensor([True, True]))
     assert "traj" not in plain
+
+
+def test_trajectory_term_trains_the_analyzer_where_the_sampled_mask_is_off():
+    torch.manual_seed(3)
+    model = build_model("small", width=8).train()
+    with torch.no_grad():  # every mask head sure that nothing is blurred: the gate is 0
+        for name, param in model.named_parameters():
+            if "mask_predictor.mlp_out.4" in name:
+                param.zero_()
+                if name.endswith("bias"):
+                    param.copy_(torch.tensor([-50.0, 50.0]))
+    blur, sharp = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    mask = torch.ones(1, 1, 32, 32)
+    traj = _trajectory_maps(1, 32, 32, (-4.0, 2.0), (4.0, -2.0))
+    output = model(blur)
+    assert all(s.mask.sum() == 0 and s.start.abs().sum() == 0 for s in output.stages)
+    cfg = LossConfig(l1_weight=0, ssim_weight=0, fft_weight=0, mask_weight=0, offset_weight=0,
+                     trajectory_weight=1)
+    M2AELoss(cfg)(output, blur, sharp, mask, traj, torch.tensor([True]))["total"].backward()
+    analyzers = [m for n, m in model.named_modules() if n.endswith("motion_analyzer")]
+    assert all(a.bias.grad.abs().sum() > 0 for a in analyzers)

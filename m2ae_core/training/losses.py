@@ -119,7 +119,10 @@ def trajectory_loss(start: torch.Tensor, end: torch.Tensor, target: torch.Tensor
 
     forward = epe(start, target_start) + epe(end, target_end)
     reverse = epe(start, target_end) + epe(end, target_start)
-    per_pixel = 0.5 * torch.minimum(forward, reverse)
+    # Ties go to the forward order. torch.minimum would split the gradient between equal
+    # branches, and at zero motion (the analyzer's initial state) every pixel is a tie whose
+    # halves cancel for a straight trajectory (o_e = -o_s): no signal, as with L_offset.
+    per_pixel = 0.5 * torch.where(forward <= reverse, forward, reverse)
     return (per_pixel * weight).sum() / weight.sum().clamp_min(1.0)
 
 
@@ -301,7 +304,11 @@ class M2AELoss(nn.Module):
                     cover = to_stage_grid(gt_mask.float(), info.scale, size, "area")
                     moved = to_stage_grid(trajectory.float() * gt_mask, info.scale, size, "area")
                     target = moved / (cover.clamp_min(1e-6) * info.scale)
-                    tr = trajectory_loss(start, end, target, known)
+                    # The analyzer's own output, before the mask's gating: where the sampled
+                    # mask misses a blurred pixel, the gated motion is 0 and would teach nothing.
+                    motion = info.motion.float() if info.motion is not None else \
+                        torch.cat((start, end), 1)
+                    tr = trajectory_loss(motion[:, :2], motion[:, 2:], target, known)
                     terms[f"traj_s{info.stage}"] = tr
                     traj_sum = traj_sum + tr
                 terms[f"mask_s{info.stage}"] = ce
