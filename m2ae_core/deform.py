@@ -66,17 +66,20 @@ def bilinear_taps(ys: torch.Tensor, xs: torch.Tensor, height: int, width: int,
 
 def deform_conv_rows(rows: torch.Tensor, shape: tuple[int, int, int], batch_index: torch.Tensor,
                      ys: torch.Tensor, xs: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
-                     weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+                     weight: torch.Tensor, bias: torch.Tensor,
+                     border: torch.Tensor | None = None) -> torch.Tensor:
     """Deformable depthwise conv at Q chosen pixels of a channels-last feature matrix.
 
     rows [B*H*W, C] (pixel (b, y, x) is row (b*H + y)*W + x); shape (B, H, W);
     batch_index/ys/xs [Q] integer positions; start/end [Q,2]. Returns [Q, C].
     Each tap is one ``embedding_bag`` over its four bilinear corners: a gather and a weighted
     sum in one kernel, reading only the Q*36 rows it needs (no copy of the feature map).
+    ``border`` [C]: the value the map takes outside the image (default zero).
     """
     if rows.dtype in (torch.float16, torch.bfloat16):  # half-precision coordinates lose pixels
         return deform_conv_rows(rows.float(), shape, batch_index, ys, xs, start.float(),
-                                end.float(), weight.float(), bias.float()).to(rows.dtype)
+                                end.float(), weight.float(), bias.float(),
+                                None if border is None else border.float()).to(rows.dtype)
     _, h, w = shape
     offsets = trajectory_instants(start, end, weight.shape[1])  # [Q,9,2]
     sample_x = xs.to(rows.dtype).unsqueeze(1) + offsets[..., 0]
@@ -90,6 +93,9 @@ def deform_conv_rows(rows: torch.Tensor, shape: tuple[int, int, int], batch_inde
                                   per_sample_weights=corner_weights[:, tap])
         # In place also under autograd: addcmul's backward needs only its inputs.
         out.addcmul_(sampled, tap_weights[tap])
+    if border is not None:  # the share of each tap that fell outside reads ``border``
+        outside = 1.0 - corner_weights.sum(-1)  # [Q,9]
+        out.addcmul_(outside @ tap_weights, border)
     return out
 
 

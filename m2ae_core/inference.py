@@ -49,11 +49,12 @@ def _stage_maps(stages, height: int, width: int, has_user_mask: bool, user_mask)
     """Probability, mask used and trajectory of the shallowest M2AS stage at tile resolution."""
     first = stages[0]
     size = (height, width)
-    probability = F.interpolate(first.probability.float(), size=size, mode="bilinear",
-                                align_corners=False)
-    if has_user_mask:
+    if has_user_mask:  # the predictor did not run: the mask is the probability
         used = user_mask.float()
+        probability = used
     else:  # every input pixel covered by a blurred grid pixel was processed
+        probability = F.interpolate(first.probability.float(), size=size, mode="bilinear",
+                                    align_corners=False)
         used = F.interpolate(first.mask.float(), size=size, mode="nearest")
     motion = torch.cat((first.start, first.end), 1).float()
     motion = F.interpolate(motion, size=size, mode="bilinear", align_corners=False) * first.scale
@@ -157,8 +158,10 @@ def _run(model, image, mask, threshold, tile, progress, tile_context: str = "ima
         out = model(x, mask=tile_mask, threshold=threshold, pruned=pruned)
         counts = {s.stage: StagePixels(s.masked_pixels, s.dilated_pixels) for s in out.stages}
         height, width = x.shape[-2:]
-        macs += count_macs(model.config, height, width, counts if pruned and has_stages else None)
-        dense_macs += count_macs(model.config, height, width)
+        given = tile_mask is not None
+        macs += count_macs(model.config, height, width,
+                           counts if pruned and has_stages else None, mask_given=given)
+        dense_macs += count_macs(model.config, height, width, mask_given=given)
         return out
 
     def analyze_tile(x, tile_mask):

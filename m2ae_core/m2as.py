@@ -64,7 +64,7 @@ class StageOutput:
 
     stage: int
     scale: int
-    logits: torch.Tensor  # [B,2,h,w]
+    logits: torch.Tensor | None  # [B,2,h,w]; None at inference with a given mask
     probability: torch.Tensor  # [B,1,h,w], blur probability
     mask: torch.Tensor  # [B,1,h,w], the mask used (float in training, bool in eval)
     start: torch.Tensor  # [B,2,h,w], displacement at exposure start (gated if configured)
@@ -72,6 +72,19 @@ class StageOutput:
     masked_pixels: int = 0  # pixels of the grid through the mask-aware conv (pruned path)
     dilated_pixels: int = 0
     motion: torch.Tensor | None = None  # [B,4,h,w], (start, end) before the mask's gating
+
+
+# A channel of the deformable conv is folded into conv4 (M2ASBlock.folded_deform_pruned)
+# when |sum of its taps| is at least this share of sum |taps|: dividing by the sum then
+# amplifies fp32 rounding at most 500x (~6e-5 of the map's scale). Random weights leave ~0.2 %
+# of the channels unfolded.
+FOLD_MIN_SHARE = 2e-3
+
+
+def simple_gate_rows(rows: torch.Tensor) -> torch.Tensor:
+    """SimpleGate over the channels of channels-last rows [N, 2C] -> [N, C]."""
+    half = rows.shape[-1] // 2
+    return rows[:, :half] * rows[:, half:]
 
 
 class M2ASBlock(NAFBlock):
@@ -91,12 +104,54 @@ class M2ASBlock(NAFBlock):
         sampled only on the mask (exact when ``gated``), and ``prune_conv`` also restricts the
         mask-aware conv to the mask (eval only: it has no gradient towards the mask)."""
         mid = self.masked_spatial_mix(x, mask, plan if prune_conv else None)
-        f4 = self.conv4(self.norm2(mid))
-        if plan is not None and gated:
-            f5 = self.gated_deform_pruned(f4, plan, start, end)
-        else:
-            f5 = simple_gate(self.dconv(f4, start, end))
+        f5 = None
+        if plan is not None and gated and prune_conv and not torch.is_grad_enabled():
+            f5 = self.folded_deform_pruned(self.norm2(mid), plan, start, end)
+        if f5 is None:
+            f4 = self.conv4(self.norm2(mid))
+            if plan is not None and gated:
+                f5 = self.gated_deform_pruned(f4, plan, start, end)
+            else:
+                f5 = simple_gate(self.dconv(f4, start, end))
         return mid + self.gamma * self.conv5(f5)
+
+    def folded_deform_pruned(self, normed, plan: PrunePlan, start, end) -> torch.Tensor | None:
+        """``gated_deform_pruned(conv4(normed), ...)`` with the deformable conv's static
+        affine folded into conv4 (inference). Off the mask the deformable conv is the
+        per-channel affine ``a * f4 + b`` (a = the sum of the channel's taps): conv4 with its
+        rows scaled by ``a`` and bias ``a * bias4 + b`` yields it directly, which leaves a
+        plain SimpleGate there, one pass over the map instead of three. On the mask the taps
+        read the folded map with weights ``w / a`` (they sum to 1, so ``b`` cancels) and,
+        where a tap leaves the image, the folded map's value there, ``b``. A channel whose
+        ``|a|`` is too small to divide by stays unfolded; its affine is applied on its own
+        column. None for a full mask (the caller's dense path is cheaper)."""
+        if plan.masked == plan.total:
+            return None
+        b, c, h, w = normed.shape
+        taps, bias = self.dconv.weight, self.dconv.bias
+        scale = taps.sum(1)
+        folded = scale.abs() >= FOLD_MIN_SHARE * taps.abs().sum(1)
+        gain = torch.where(folded, scale, torch.ones_like(scale))
+        inner = self.conv4.out_channels
+        rows = F.linear(pixel_rows(normed), self.conv4.weight.view(inner, c) * gain[:, None],
+                        torch.addcmul(torch.where(folded, bias, 0.0), self.conv4.bias, gain))
+        gated = simple_gate_rows(rows)
+        unfolded = (~folded).nonzero().squeeze(1)
+        if unfolded.numel():  # their outputs still need the affine before the gate
+            out = torch.unique(unfolded % c)
+            pair = torch.cat((out, out + c))
+            affine_scale = torch.where(folded, 1.0, scale)[pair]
+            affine_bias = torch.where(folded, 0.0, bias)[pair]
+            both = torch.addcmul(affine_bias, rows[:, pair], affine_scale)
+            gated[:, out] = both[:, :out.numel()] * both[:, out.numel():]
+        if plan.masked:
+            sampled = deform_conv_rows(rows, (b, h, w), plan.item, plan.row, plan.col,
+                                       start[plan.item, :, plan.row, plan.col],
+                                       end[plan.item, :, plan.row, plan.col],
+                                       taps / gain[:, None], torch.where(folded, 0.0, bias),
+                                       border=torch.where(folded, bias, 0.0))
+            gated.index_copy_(0, plan.mask_index, simple_gate_rows(sampled))
+        return gated.view(b, h, w, c).permute(0, 3, 1, 2)
 
     def masked_spatial_mix(self, x: torch.Tensor, mask: torch.Tensor,
                            plan: PrunePlan | None = None) -> torch.Tensor:
@@ -148,8 +203,14 @@ class M2ASStage(nn.Module):
     def analyze(self, x: torch.Tensor, user_mask: torch.Tensor | None = None,
                 threshold: float = 0.5) -> StageOutput:
         """The stage's decision from its input features: blur mask and (gated) trajectory."""
-        logits = self.mask_predictor(x)
-        probability = torch.softmax(logits, dim=1)[:, :1]
+        if user_mask is not None and not self.training:
+            # A given mask replaces the prediction, so at inference the predictor is not run
+            # (its estimate would go unused; ~1 % of the `paper` forward): the "probability"
+            # is then the mask itself.
+            logits, probability, mask = None, user_mask.to(x.dtype), user_mask
+        else:
+            logits = self.mask_predictor(x)
+            probability = torch.softmax(logits, dim=1)[:, :1]
         if user_mask is not None:
             mask = user_mask if not self.training else user_mask.to(x.dtype)
         elif self.training:

@@ -53,14 +53,19 @@ def m2as_block_macs(channels: int, pixels: int, masked: int | None = None,
         + mixing + motion
 
 
-def stage_head_macs(channels: int, pixels: int, context_units: int = 0) -> int:
-    """Mask predictor (with its context units) + intra-motion analyzer of an M2AS stage."""
+def stage_head_macs(channels: int, pixels: int, context_units: int = 0,
+                    predictor_runs: bool = True) -> int:
+    """Mask predictor (with its context units) + intra-motion analyzer of an M2AS stage.
+    ``predictor_runs`` False: the analyzer alone (inference with a given mask)."""
     c = channels
+    analyzer = conv_macs(pixels, c, 4, 3)
+    if not predictor_runs:
+        return analyzer
     context = context_units * (conv_macs(pixels, c, c, 3, c) + conv_macs(pixels, c, c))
     predictor = context + (2 * conv_macs(pixels, c, c) + pixels * (c // 2)  # global mean of half
                  + conv_macs(pixels, c, c // 2) + conv_macs(pixels, c // 2, c // 4)
                  + conv_macs(pixels, c // 4, 2))
-    return predictor + conv_macs(pixels, c, 4, 3)
+    return predictor + analyzer
 
 
 @dataclass
@@ -77,11 +82,13 @@ def padded_size(config: M2AEConfig, height: int, width: int) -> tuple[int, int]:
 
 
 def count_macs(config: M2AEConfig, height: int, width: int,
-               stage_pixels: dict[int, StagePixels] | None = None) -> int:
+               stage_pixels: dict[int, StagePixels] | None = None,
+               mask_given: bool = False) -> int:
     """MACs of one forward pass over a ``height`` x ``width`` image (batch 1).
 
     ``stage_pixels`` maps an M2AS stage index to its pruned pixel counts (summed over a batch
     they count pixels of all items); stages missing from it are counted dense.
+    ``mask_given``: an inference run with a user mask, which skips the mask predictors.
     """
     h, w = padded_size(config, height, width)
     pixels = h * w
@@ -92,7 +99,8 @@ def count_macs(config: M2AEConfig, height: int, width: int,
     for stage, blocks in enumerate(config.enc_blocks):
         if stage in config.m2as_stages:
             counts = (stage_pixels or {}).get(stage)
-            total += stage_head_macs(channels, pixels, config.mask_context)
+            total += stage_head_macs(channels, pixels, config.mask_context,
+                                     predictor_runs=not mask_given)
             for _ in range(blocks):
                 if counts is None:
                     total += m2as_block_macs(channels, pixels)

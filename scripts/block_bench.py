@@ -14,6 +14,7 @@ import statistics
 import time
 
 import torch
+from m2ae_core.memory import return_freed_memory_promptly
 
 from m2ae_core.benchmark.workload import activate_all_branches_, blob_mask
 from m2ae_core.layers import NAFBlock, simple_gate
@@ -58,6 +59,11 @@ def main() -> None:
         parts = {
             "NAF block": lambda: naf(x),
             "M2AS block (pruned)": lambda: m2as(x, mask, start, end, plan, True, True),
+            "NAF first half (+residual)": lambda: x + naf.beta * naf.spatial_mix(x),
+            "NAF second half (+residual)": lambda: mid + naf.gamma * naf.conv5(
+                simple_gate(naf.conv4(naf.norm2(mid)))),
+            "M2AS second half (+residual)": lambda: mid + m2as.gamma * m2as.conv5(
+                m2as.gated_deform_pruned(m2as.conv4(m2as.norm2(mid)), plan, start, end)),
             "plan (once per stage)": lambda: PrunePlan.from_mask(mask),
             "norm1": lambda: m2as.norm1(x),
             "NAF conv1+conv2+SG": lambda: simple_gate(naf.conv2(naf.conv1(f1))),

@@ -217,7 +217,8 @@ def test_profile_and_tiled_comparison_in_process():
             "threads": 1}
     profile = profile_cell(task)
     parts = {p["part"] for p in profile["parts"]}
-    assert {"m2as block: conv4", "m2as block: deform", "encoder stage 4 (M2AS)"} <= parts
+    assert {"m2as block: conv4 + deform (folded)", "m2as block: mixing (conv1+conv2)",
+            "encoder stage 4 (M2AS)"} <= parts
     assert profile["ops"] and all(o["seconds"] >= 0 for o in profile["ops"])
     compare = compare_tiled({**task, "size": [80, 96], "tile": 64})
     assert compare["status"] == "ok" and compare["tiles"] == 4

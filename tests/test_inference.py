@@ -175,3 +175,27 @@ def test_analyze_plain_backbone_marks_everything():
     plain = build_model("nafnet-small", width=8).eval()
     result = analyze(plain, photo())
     assert result.mask.all() and result.trajectory is None
+
+
+def test_a_given_mask_skips_the_mask_predictors_and_is_the_probability(model):
+    calls = []
+    handles = [stage.mask_predictor.register_forward_hook(lambda *a: calls.append(1))
+               for stage in model.encoders if hasattr(stage, "mask_predictor")]
+    try:
+        image = photo(64, 64)
+        predicted = deblur(model, image)
+        assert len(calls) == 2  # both M2AS stages of `small` ran their predictor
+        calls.clear()
+        user = np.zeros((64, 64), bool)
+        user[10:40, 20:50] = True
+        given = deblur(model, image, mask=user)
+        assert calls == []
+        assert np.array_equal(given.probability, user.astype(np.float32))
+        assert np.array_equal(given.mask, user)
+        # the image does not depend on the skipped predictor: same as the dense reference
+        dense = deblur(model, image, mask=user, pruned=False)
+        assert np.abs(given.image.astype(np.float32) - dense.image.astype(np.float32)).max() <= 1
+        assert given.stats["macs"] < predicted.stats["dense_macs"]
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -70,3 +70,23 @@ def test_block_formula():
     expected = 10 * 8 * 5 + 10 * 8 * 10 + 10 * 4 + 4 * 5 + 10 * 4 * 5 + 10 * 8 * 5 + 10 * 4 * 5
     assert naf_block_macs(4, 10) == expected
     assert conv_macs(10, 4, 8, 3, groups=1, bias=False) == 10 * 8 * 36
+
+
+def test_a_given_mask_drops_exactly_the_mask_predictors():
+    config = get_config("small", mask_context=2)
+    h, w = 64, 96
+    dropped = 0
+    channels, pixels = config.width, h * w
+    for stage in range(len(config.enc_blocks)):
+        if stage in config.m2as_stages:
+            head = stage_head_macs(channels, pixels, config.mask_context)
+            analyzer = stage_head_macs(channels, pixels, config.mask_context, predictor_runs=False)
+            assert analyzer == conv_macs(pixels, channels, 4, 3)
+            # the predictor part is what hooks on a MaskPredictor count
+            predictor = MaskPredictor(channels, config.mask_context).eval()
+            grid_h, grid_w = h >> stage, w >> stage
+            assert head - analyzer == hooked_conv_macs(
+                predictor, torch.rand(1, channels, grid_h, grid_w)) * pixels // (grid_h * grid_w)
+            dropped += head - analyzer
+        channels, pixels = 2 * channels, pixels // 4
+    assert count_macs(config, h, w) - count_macs(config, h, w, mask_given=True) == dropped

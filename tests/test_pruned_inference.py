@@ -273,3 +273,61 @@ def test_half_precision_samples_with_full_precision_coordinates():
     out = deform_conv_dense(x.bfloat16(), start, end, weight, bias)
     assert out.dtype == torch.bfloat16
     assert out[0, 0, 0].float().argmax().item() == 517
+
+
+def test_deform_rows_border_value_is_read_outside_the_image():
+    torch.manual_seed(4)
+    b, c, h, w = 1, 6, 9, 11
+    x = torch.randn(b, c, h, w)
+    start, end = torch.randn(b, 2, h, w) * 4, torch.randn(b, 2, h, w) * 4  # many taps leave
+    weight, bias, border = torch.randn(c, 9), torch.randn(c), torch.randn(c)
+    grid = torch.arange(h * w)
+    rows = pixel_rows(x + border.view(1, c, 1, 1))  # the map is `border` plus x ...
+    out = deform_conv_rows(rows, (b, h, w), grid * 0, grid // w, grid % w, pixel_rows(start),
+                           pixel_rows(end), weight, bias, border=border)
+    # ... and `border` outside too, so (linearity) the result is x's plus border * sum(w)
+    expected = pixel_rows(deform_conv_dense(x, start, end, weight, bias)) + border * weight.sum(1)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["random", "blob", "border"])
+def test_folded_conv4_equals_the_unfolded_second_half(kind):
+    torch.manual_seed(5)
+    c, h, w = 16, 20, 26
+    block = M2ASBlock(c).eval()
+    randomize_(block, seed=5)
+    mask = masks_for(1, h, w)[kind]
+    start, end = torch.randn(1, 2, h, w) * 3 * mask, torch.randn(1, 2, h, w) * 3 * mask
+    plan = PrunePlan.from_mask(mask)
+    normed = torch.randn(1, h, w, c).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        folded = block.folded_deform_pruned(normed, plan, start, end)
+        reference = simple_gate(block.dconv(block.conv4(normed), start, end))
+        assert folded is not None
+        torch.testing.assert_close(folded, reference, atol=TOL, rtol=0)
+        # the whole block in eval takes the folded path and still equals the dense formula
+        x = torch.randn(1, h, w, c).permute(0, 3, 1, 2)
+        torch.testing.assert_close(block(x, mask, start, end, plan, True, True),
+                                   block(x, mask.float(), start, end), atol=TOL, rtol=0)
+
+
+def test_fold_leaves_a_channel_whose_taps_sum_to_zero_unfolded():
+    torch.manual_seed(6)
+    c, h, w = 8, 12, 14
+    block = M2ASBlock(c).eval()
+    randomize_(block, seed=6)
+    with torch.no_grad():
+        block.dconv.weight[3] -= block.dconv.weight[3].mean()  # channel 3's taps sum to 0
+    mask = masks_for(1, h, w)["blob"]
+    start, end = torch.randn(1, 2, h, w) * mask, torch.randn(1, 2, h, w) * mask
+    plan = PrunePlan.from_mask(mask)
+    x = torch.randn(1, h, w, c).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        block.dconv.weight[c + 5] -= block.dconv.weight[c + 5].mean()  # the other gate half too
+        normed = block.norm2(x)
+        folded = block.folded_deform_pruned(normed, plan, start, end)
+        reference = simple_gate(block.dconv(block.conv4(normed), start, end))
+        assert torch.isfinite(folded).all()
+        torch.testing.assert_close(folded, reference, atol=TOL, rtol=0)
+        torch.testing.assert_close(block(x, mask, start, end, plan, True, True),
+                                   block(x, mask.float(), start, end), atol=TOL, rtol=0)

@@ -34,11 +34,12 @@ def stage_counts(output) -> dict[int, StagePixels]:
 
 def cell_macs(spec, config, height: int, width: int, output) -> tuple[int, int]:
     """(MACs of this run, MACs of the dense path) from the run's own stage pixel counts."""
-    dense = count_macs(config, height, width)
+    given = spec.uses_mask  # the grid passes a user mask: the mask predictors do not run
+    dense = count_macs(config, height, width, mask_given=given)
     if spec.mode != "pruned":
         return dense, dense
     counts = stage_counts(output)
-    macs = count_macs(config, height, width, counts)
+    macs = count_macs(config, height, width, counts, mask_given=given)
     if spec.both_halves:
         from .halves import both_halves_saving_macs
 

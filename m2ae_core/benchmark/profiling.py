@@ -20,6 +20,8 @@ from .models import build_spec_model, parse_model_spec
 
 TOP_OPS = 25
 BLOCK_PARTS = ("norm1", "sca", "conv3", "norm2", "conv4", "conv5")
+# conv4 and the deformable conv in one, where the static affine is folded into conv4
+FOLDED_LABEL = "m2as block: conv4 + deform (folded)"
 PATCHED_FUNCTIONS = {"masked_gated_conv_pruned": "mixing (conv1+conv2)",
                      "masked_conv_dense": "mixing (conv1+conv2)",
                      "simple_gate": "simple_gate (both halves)"}
@@ -65,12 +67,14 @@ def label_parts_(model) -> list[str]:
                 block.gated_deform_pruned = _label(block.gated_deform_pruned,
                                                    "m2as block: deform")
                 block.dconv.forward = _label(block.dconv.forward, "m2as block: deform")
+                block.folded_deform_pruned = _label(block.folded_deform_pruned,
+                                                    FOLDED_LABEL)
     wrap(model.middle_blks, "middle")
     for index, (up, decoder) in enumerate(zip(model.ups, model.decoders)):
         level = len(model.decoders) - index
         wrap(up, f"up {level}")
         wrap(decoder, f"decoder stage {level}")
-    return sorted(set(labels) | {"m2as block: deform"} | {
+    return sorted(set(labels) | {"m2as block: deform", FOLDED_LABEL} | {
         f"m2as block: {v}" for v in PATCHED_FUNCTIONS.values()})
 
 

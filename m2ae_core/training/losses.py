@@ -288,9 +288,11 @@ class M2AELoss(nn.Module):
             mask_sum = reblur_sum = tv_sum = traj_sum = zero
             use_traj = cfg.trajectory_weight > 0 and trajectory is not None
             for info in stages:
-                size = tuple(info.logits.shape[-2:])
+                size = tuple(info.mask.shape[-2:])
                 mask_small = to_stage_grid(gt_mask.float(), info.scale, size, "max")
-                ce = mask_cross_entropy(info.logits, mask_small, cfg.mask_balanced)
+                # no logits: an inference run with a given mask predicted nothing to score
+                ce = zero if info.logits is None else \
+                    mask_cross_entropy(info.logits, mask_small, cfg.mask_balanced)
                 sharp_small = to_stage_grid(sharp.float(), info.scale, size, "area")
                 blur_small = to_stage_grid(blur.float(), info.scale, size, "area")
                 start, end = info.start.float(), info.end.float()
