@@ -42,6 +42,15 @@ def deform_conv_dense(x: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
     return (sampled * weight.view(1, c, taps, 1, 1)).sum(2) + bias.view(1, c, 1, 1)
 
 
+# Bytes of one [pixels, channels] float block that the chunked inference loops keep in cache.
+CHUNK_BYTES = 512 * 1024
+
+
+def cache_chunk(channels: int, itemsize: int = 4) -> int:
+    """Pixels per chunk of a per-pixel loop over ``channels`` values (at least 64)."""
+    return max(64, CHUNK_BYTES // (channels * itemsize))
+
+
 def bilinear_taps(ys: torch.Tensor, xs: torch.Tensor, height: int, width: int,
                   batch_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Bilinear corners of sampling points, as rows of a channels-last [B*H*W, C] matrix.
@@ -88,11 +97,16 @@ def deform_conv_rows(rows: torch.Tensor, shape: tuple[int, int, int], batch_inde
                                                 batch_index.unsqueeze(1))  # [Q,9,4]
     tap_weights = weight.t().contiguous()  # [9, C]: one contiguous row per tap
     out = bias.expand(batch_index.numel(), -1).clone()
-    for tap in range(weight.shape[1]):
-        sampled = F.embedding_bag(corner_rows[:, tap], rows, mode="sum",
-                                  per_sample_weights=corner_weights[:, tap])
-        # In place also under autograd: addcmul's backward needs only its inputs.
-        out.addcmul_(sampled, tap_weights[tap])
+    # Inference goes through the pixels in cache-sized chunks: over all Q at once, each of
+    # the nine taps streamed its product and the accumulator through memory.
+    step = out.shape[0] if torch.is_grad_enabled() else cache_chunk(out.shape[1])
+    for begin in range(0, out.shape[0], step):
+        chunk = slice(begin, begin + step)
+        for tap in range(weight.shape[1]):
+            sampled = F.embedding_bag(corner_rows[chunk, tap], rows, mode="sum",
+                                      per_sample_weights=corner_weights[chunk, tap])
+            # In place also under autograd: addcmul's backward needs only its inputs.
+            out[chunk].addcmul_(sampled, tap_weights[tap])
     if border is not None:  # the share of each tap that fell outside reads ``border``
         outside = 1.0 - corner_weights.sum(-1)  # [Q,9]
         out.addcmul_(outside @ tap_weights, border)

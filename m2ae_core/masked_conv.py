@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .deform import cache_chunk
 from .layers import pixel_rows, simple_gate
 
 
@@ -98,10 +99,16 @@ def _masked_conv_rows(pixels: torch.Tensor, plan: PrunePlan, width: int, conv1: 
     pointwise = gathered.new_empty(plan.dilated + 1, inner)
     torch.addmm(conv1.bias, gathered, conv1.weight.view(inner, c).t(), out=pointwise[:-1])
     pointwise[-1] = 0
-    taps = gathered.new_empty(plan.masked, inner)
-    for tap in range(9):
-        torch.index_select(pointwise, 0, _neighbours(plan, width, tap), out=taps)
-        out.addcmul_(taps, kernel[:, tap])
+    neighbours = [_neighbours(plan, width, tap) for tap in range(9)]
+    # Cache-sized chunks of pixels: all nine taps of a chunk accumulate while it is hot.
+    step = cache_chunk(inner)
+    taps = gathered.new_empty(min(step, plan.masked), inner)
+    for begin in range(0, plan.masked, step):
+        chunk = slice(begin, begin + step)
+        part = taps[:out[chunk].shape[0]]
+        for tap in range(9):
+            torch.index_select(pointwise, 0, neighbours[tap][chunk], out=part)
+            out[chunk].addcmul_(part, kernel[:, tap])
     return out
 
 
