@@ -1,6 +1,9 @@
 """Time one stage-4 block of the `paper` preset, M2AS (pruned) against NAFNet, part by part.
 
-    python scripts/block_bench.py [--threads 2] [--fraction 10] [--repeats 15]
+    GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python scripts/block_bench.py [--threads 2] \
+        [--fraction 10] [--repeats 15]
+
+(the allocator policy of the m2ae CLI and benchmark: huge pages, 1 MiB mmap threshold)
 
 The grid is 2152x1436's stage-4 grid (180x270, 256 channels), random weights with every
 branch active, a blob-shaped 10 % mask. Parts are timed separately on the same inputs (median
@@ -17,6 +20,7 @@ import torch
 from m2ae_core.memory import return_freed_memory_promptly
 
 from m2ae_core.benchmark.workload import activate_all_branches_, blob_mask
+from m2ae_core.memory import return_freed_memory_promptly
 from m2ae_core.layers import NAFBlock, simple_gate
 from m2ae_core.m2as import M2ASBlock
 from m2ae_core.masked_conv import PrunePlan
@@ -40,6 +44,7 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=256)
     parser.add_argument("--size", default="180x270", help="stage grid HxW")
     args = parser.parse_args()
+    return_freed_memory_promptly()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     h, w = map(int, args.size.split("x"))
@@ -63,6 +68,8 @@ def main() -> None:
             "NAF second half (+residual)": lambda: mid + naf.gamma * naf.conv5(
                 simple_gate(naf.conv4(naf.norm2(mid)))),
             "M2AS second half (+residual)": lambda: mid + m2as.gamma * m2as.conv5(
+                m2as.folded_deform_pruned(m2as.norm2(mid), plan, start, end)),
+            "  unfolded (session 3)": lambda: mid + m2as.gamma * m2as.conv5(
                 m2as.gated_deform_pruned(m2as.conv4(m2as.norm2(mid)), plan, start, end)),
             "plan (once per stage)": lambda: PrunePlan.from_mask(mask),
             "norm1": lambda: m2as.norm1(x),
