@@ -29,7 +29,8 @@ class DeblurResult:
 
     image: Any  # same kind as the input (None from ``analyze``)
     mask: np.ndarray  # bool [H,W]: the mask actually used (all True for a plain backbone)
-    probability: np.ndarray  # float32 [H,W] blur probability (1.0 everywhere for a plain backbone)
+    probability: np.ndarray  # float32 [H,W] blur probability (1.0 everywhere for a plain
+    # backbone; the given mask itself where one was given: the predictor does not run then)
     trajectory: np.ndarray | None  # float32 [2,2,H,W]: (start, end) x (dx, dy), input pixels
     stats: dict = field(default_factory=dict)
 
