@@ -71,7 +71,7 @@ class StageOutput:
     end: torch.Tensor  # [B,2,h,w]
     masked_pixels: int = 0  # pixels of the grid through the mask-aware conv (pruned path)
     dilated_pixels: int = 0
-    motion: torch.Tensor | None = None  # [B,4,h,w], (start, end) before the mask's gating
+    motion: torch.Tensor | None = None  # [B,4,h,w], (start, end) before gating; training only
 
 
 # A channel of the deformable conv is folded into conv4 (M2ASBlock.folded_deform_pruned)
@@ -207,7 +207,7 @@ class M2ASStage(nn.Module):
             # A given mask replaces the prediction, so at inference the predictor is not run
             # (its estimate would go unused; ~1 % of the `paper` forward): the "probability"
             # is then the mask itself.
-            logits, probability, mask = None, user_mask.to(x.dtype), user_mask
+            logits, probability = None, user_mask.to(x.dtype)
         else:
             logits = self.mask_predictor(x)
             probability = torch.softmax(logits, dim=1)[:, :1]
@@ -223,8 +223,9 @@ class M2ASStage(nn.Module):
             gate = mask.to(x.dtype)
             start, end = start * gate, end * gate
         masked = int((mask > 0.5).sum())
+        # the ungated motion only feeds the training loss: not kept at inference
         return StageOutput(self.stage, 2 ** self.stage, logits, probability, mask, start, end,
-                           masked, masked, motion)
+                           masked, masked, motion if self.training else None)
 
     def forward(self, x: torch.Tensor, user_mask: torch.Tensor | None = None,
                 threshold: float = 0.5, pruned: bool = False) -> tuple[torch.Tensor, StageOutput]:
