@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import pixel_rows
+from .layers import cache_chunk, pixel_rows
 from .trajectory import trajectory_instants
 
 
@@ -40,15 +40,6 @@ def deform_conv_dense(x: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
     sampled = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     sampled = sampled.view(b, c, taps, h, w)
     return (sampled * weight.view(1, c, taps, 1, 1)).sum(2) + bias.view(1, c, 1, 1)
-
-
-# Bytes of one [pixels, channels] float block that the chunked inference loops keep in cache.
-CHUNK_BYTES = 512 * 1024
-
-
-def cache_chunk(channels: int, itemsize: int = 4) -> int:
-    """Pixels per chunk of a per-pixel loop over ``channels`` values (at least 64)."""
-    return max(64, CHUNK_BYTES // (channels * itemsize))
 
 
 def bilinear_taps(ys: torch.Tensor, xs: torch.Tensor, height: int, width: int,

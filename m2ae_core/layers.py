@@ -43,6 +43,15 @@ def pixel_rows(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
 
 
+# Bytes of one [pixels, channels] float block that the chunked inference loops keep in cache.
+CHUNK_BYTES = 512 * 1024
+
+
+def cache_chunk(channels: int, itemsize: int = 4) -> int:
+    """Pixels per chunk of a per-pixel loop over ``channels`` values (at least 64)."""
+    return max(64, CHUNK_BYTES // (channels * itemsize))
+
+
 def simple_gate(x: torch.Tensor) -> torch.Tensor:
     """NAFNet's SimpleGate: split channels in half and multiply the halves."""
     a, b = x.chunk(2, dim=1)

@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .deform import cache_chunk
-from .layers import pixel_rows, simple_gate
+from .layers import cache_chunk, pixel_rows, simple_gate
 
 
 # Above this share of masked pixels the dense 1x1 + depthwise conv (then a select) is cheaper
@@ -105,7 +104,7 @@ def _masked_conv_rows(pixels: torch.Tensor, plan: PrunePlan, width: int, conv1: 
     taps = gathered.new_empty(min(step, plan.masked), inner)
     for begin in range(0, plan.masked, step):
         chunk = slice(begin, begin + step)
-        part = taps[:out[chunk].shape[0]]
+        part = taps[:min(step, plan.masked - begin)]
         for tap in range(9):
             torch.index_select(pointwise, 0, neighbours[tap][chunk], out=part)
             out[chunk].addcmul_(part, kernel[:, tap])

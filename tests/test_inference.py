@@ -195,7 +195,8 @@ def test_a_given_mask_skips_the_mask_predictors_and_is_the_probability(model):
         # the image does not depend on the skipped predictor: same as the dense reference
         dense = deblur(model, image, mask=user, pruned=False)
         assert np.abs(given.image.astype(np.float32) - dense.image.astype(np.float32)).max() <= 1
-        assert given.stats["macs"] < predicted.stats["dense_macs"]
+        # the skipped predictors are not counted
+        assert given.stats["dense_macs"] < predicted.stats["dense_macs"]
     finally:
         for handle in handles:
             handle.remove()

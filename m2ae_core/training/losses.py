@@ -34,9 +34,9 @@ from torch import nn
 
 from ..trajectory import trajectory_instants
 
-__all__ = ["forward_warp", "reblur_loss", "trajectory_loss", "tv_loss", "fft_l1", "ssim_loss", "weighted_l1",
-           "reconstruction_loss", "mask_cross_entropy", "to_stage_grid", "LossConfig",
-           "M2AELoss"]
+__all__ = ["forward_warp", "reblur_loss", "trajectory_loss", "tv_loss", "fft_l1", "ssim_loss",
+           "weighted_l1", "reconstruction_loss", "mask_cross_entropy", "to_stage_grid",
+           "LossConfig", "M2AELoss"]
 
 
 # --------------------------------------------------------------------------- forward warping

@@ -437,12 +437,10 @@ def _train(config: TrainConfig, world: int, rank: int, device: torch.device) -> 
         mask = batch["mask"].to(device, non_blocking=True)
         with autocast:
             output = ddp_model(blur, stages_only=heads_only)
-        if loss_cfg.trajectory_weight > 0:
-            terms = criterion(output, blur, sharp, mask,
-                              batch["trajectory"].to(device, non_blocking=True),
-                              batch["has_trajectory"].to(device, non_blocking=True))
-        else:
-            terms = criterion(output, blur, sharp, mask)
+        known_motion = [batch[key].to(device, non_blocking=True)
+                        for key in ("trajectory", "has_trajectory")] \
+            if loss_cfg.trajectory_weight > 0 else []
+        terms = criterion(output, blur, sharp, mask, *known_motion)
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         max_norm = opt_cfg.grad_clip if opt_cfg.grad_clip > 0 else float("inf")
