@@ -228,6 +228,54 @@ def test_ddp_two_processes_end_identical(photos, tmp_path):
     assert any(not torch.equal(init[k], a[k]) for k in a)
 
 
+def test_trajectory_errors_hand_computed():
+    from m2ae_core.training.trainer import trajectory_errors
+
+    target = torch.zeros(1, 4, 1, 2)
+    target[0, :2, 0, 0] = torch.tensor([3.0, 4.0])  # pixel 0: o_s = (3, 4), o_e = 0
+    target[0, 0, 0, 1], target[0, 2, 0, 1] = -1.0, 1.0  # pixel 1: o_s = (-1, 0), o_e = (1, 0)
+    mask = torch.ones(1, 1, 1, 2)
+    # zero motion: EPE = mean half-length of the true vectors, predicted length 0
+    epe, length, count = trajectory_errors(torch.zeros_like(target), target, mask)
+    assert count == 2 and length == 0.0 and epe == pytest.approx((2.5 + 1.0))
+    # the time-reversed trajectory is not an error ...
+    reversed_ = torch.cat((target[:, 2:], target[:, :2]), 1)
+    assert trajectory_errors(reversed_, target, mask)[0] == pytest.approx(0.0, abs=1e-6)
+    # ... but a wrong one is: pixel 1 predicted as (1, 0), (1, 0) is off by 2 at one end
+    wrong = target.clone()
+    wrong[0, 0, 0, 1] = 1.0
+    epe, length, _ = trajectory_errors(wrong, target, mask)
+    assert epe == pytest.approx(1.0) and length == pytest.approx(2.5 + 1.0)
+    # only the masked pixel counts
+    mask[0, 0, 0, 0] = 0.0
+    assert trajectory_errors(torch.zeros_like(target), target, mask) == (1.0, 0.0, 1.0)
+
+
+def test_validation_reports_trajectory_error_of_an_untrained_motion_branch(photos):
+    from m2ae_core.network import build_model
+    from m2ae_core.training.datasets import make_validation_set
+    from m2ae_core.training.trainer import validate
+
+    val = make_validation_set(photos, 2, 64, seed=5)
+    assert val["trajectory"].shape == (2, 4, 64, 64)
+    model = build_model("small", width=8)
+    result = validate(model, val, torch.device("cpu"))
+    # zero-initialised analyzers: no motion, so the error is the true motion's mean size
+    m = val["mask"][:, 0] > 0.5
+    t = val["trajectory"]
+    truth = 0.5 * (t[:, :2].norm(dim=1) + t[:, 2:].norm(dim=1))[m].mean()
+    assert float(truth) > 1.0
+    assert result["val_motion_px"] == 0.0
+    assert result["val_epe"] == pytest.approx(float(truth), rel=1e-5)
+    # a live analyzer moves both numbers (where its stage's predicted mask lets it through)
+    stage = model.encoders[model.config.m2as_stages[0]]
+    torch.nn.init.constant_(stage.motion_analyzer.bias, 2.0)
+    torch.nn.init.constant_(stage.mask_predictor.mlp_out[-1].bias, 0.0)
+    stage.mask_predictor.mlp_out[-1].bias.data[0] = 50.0  # everything blurred
+    moved = validate(model, val, torch.device("cpu"))
+    assert moved["val_motion_px"] > 1.0 and moved["val_epe"] != result["val_epe"]
+
+
 def test_lr_schedule():
     assert lr_factor(0, 100, 0, 1e-3) == pytest.approx(1.0)
     assert lr_factor(50, 100, 0, 1e-3) == pytest.approx(0.5 * (1 + 1e-3))

@@ -350,7 +350,8 @@ def make_validation_set(photos, count: int, size: int, seed: int, split: str = "
                         synthetic: dict | None = None, max_side: int = 1024) -> dict | None:
     """A fixed batch of ``count`` local synthetic samples (no global blur, no crop, no
     augmentation) from the photos of ``split`` with their own ``seed``: stacked tensors
-    ``blur``, ``sharp``, ``mask``. ``None`` when there are no photos or ``count`` is 0."""
+    ``blur``, ``sharp``, ``mask``, ``trajectory``. ``None`` when there are no photos or
+    ``count`` is 0."""
     if not photos or count <= 0:
         return None
     from ..data.bench import photo_paths
@@ -362,7 +363,8 @@ def make_validation_set(photos, count: int, size: int, seed: int, split: str = "
     params = params.replace(size=(size, size), global_prob=0.0, global_every=0)
     source = SyntheticBlurSource(photo_paths(photos, split), params, seed, max_side=max_side)
     items = [source.sample(i).to_tensors() for i in range(count)]
-    return {key: torch.stack([it[key] for it in items]) for key in ("blur", "sharp", "mask")}
+    return {key: torch.stack([it[key] for it in items])
+            for key in ("blur", "sharp", "mask", "trajectory")}
 
 
 def collate(items: Sequence[dict]) -> dict:

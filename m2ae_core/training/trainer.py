@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from ..errors import M2AEError
 from .config import TrainConfig, load_config
@@ -153,14 +154,40 @@ def weighted_psnr(output: torch.Tensor, target: torch.Tensor,
     return results
 
 
+def stage_trajectory(info, size: tuple[int, int]) -> torch.Tensor:
+    """A stage's (start, end) displacements [B,4,H,W] in input pixels at input size ``size``
+    (bilinear, as ``m2ae deblur`` reports them)."""
+    motion = torch.cat((info.start, info.end), 1).float()
+    return F.interpolate(motion, size=size, mode="bilinear", align_corners=False) * info.scale
+
+
+def trajectory_errors(predicted: torch.Tensor, target: torch.Tensor,
+                      mask: torch.Tensor) -> tuple[float, float, float]:
+    """Sums over the pixels of ``mask`` [B,1,H,W] of the time-symmetric end-point error
+    (DESIGN §6; a blurred image does not tell which end came first) and of the predicted
+    displacement's length, and the pixel count. Trajectories are [B,4,H,W] = (o_s, o_e)."""
+    def epe(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return 0.5 * ((a[:, :2] - b[:, :2]).norm(dim=1) + (a[:, 2:] - b[:, 2:]).norm(dim=1))
+
+    swapped = torch.cat((predicted[:, 2:], predicted[:, :2]), 1)
+    error = torch.minimum(epe(predicted, target), epe(swapped, target))
+    length = 0.5 * (predicted[:, :2].norm(dim=1) + predicted[:, 2:].norm(dim=1))
+    m = mask[:, 0] > 0.5
+    return float(error[m].sum()), float(length[m].sum()), float(m.sum())
+
+
 @torch.no_grad()
 def validate(model: torch.nn.Module, val: dict, device: torch.device,
              batch: int = 4) -> dict[str, float]:
-    """Weighted PSNR of input and output, full PSNR of the output and mask IoU (all M2AS
-    stages together) on a fixed validation batch, in eval (pruned) mode."""
+    """Weighted PSNR of input and output, full PSNR of the output, mask IoU (all M2AS stages
+    together) and, where the set has trajectories, the shallowest stage's end-point error
+    and mean predicted displacement on the blurred pixels (input pixels; a motion branch
+    that learned nothing shows ~0 displacement and an EPE equal to the true motion's
+    length), on a fixed validation batch, in eval (pruned) mode."""
     was_training = model.training
     model.eval()
     w_in, w_out, full, inter, union = [], [], [], 0.0, 0.0
+    epe_sum = length_sum = epe_pixels = 0.0
     try:
         for start in range(0, val["blur"].shape[0], batch):
             blur = val["blur"][start:start + batch].to(device)
@@ -179,6 +206,12 @@ def validate(model: torch.nn.Module, val: dict, device: torch.device,
                 pred = info.mask.bool()
                 inter += float((gt & pred).sum())
                 union += float((gt | pred).sum())
+            if output.stages and "trajectory" in val:
+                target = val["trajectory"][start:start + batch].to(device).float()
+                predicted = stage_trajectory(output.stages[0], tuple(blur.shape[-2:]))
+                errors = trajectory_errors(predicted, target, mask)
+                epe_sum, length_sum = epe_sum + errors[0], length_sum + errors[1]
+                epe_pixels += errors[2]
     finally:
         model.train(was_training)
     pairs = [(a, b) for a, b in zip(w_in, w_out) if a is not None and b is not None]
@@ -189,6 +222,9 @@ def validate(model: torch.nn.Module, val: dict, device: torch.device,
         result["val_wpsnr_gain"] = result["val_wpsnr_out"] - result["val_wpsnr_in"]
     if union > 0:
         result["val_mask_iou"] = inter / union
+    if epe_pixels > 0:
+        result["val_epe"] = epe_sum / epe_pixels
+        result["val_motion_px"] = length_sum / epe_pixels
     return result
 
 
