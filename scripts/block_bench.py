@@ -17,7 +17,6 @@ import statistics
 import time
 
 import torch
-from m2ae_core.memory import return_freed_memory_promptly
 
 from m2ae_core.benchmark.workload import activate_all_branches_, blob_mask
 from m2ae_core.memory import return_freed_memory_promptly
