@@ -174,6 +174,15 @@ def test_design_rows_and_estimate():
                                          {"part": "m2as block: conv5", "share": 0.05}]}
     est = estimate_both_halves(paper, profile, base)
     assert est["wall_s"] == pytest.approx(9.0 * (1 - 0.8 * 0.15))
+    # the pruned path profiles conv4 folded with the deformable conv's static pass
+    from m2ae_core.benchmark.profiling import FOLDED_LABEL
+
+    folded = {"status": "ok", "parts": [{"part": FOLDED_LABEL, "share": 0.2},
+                                        {"part": "m2as block: conv5", "share": 0.05},
+                                        {"part": "m2as block: conv3", "share": 0.3}]}
+    est = estimate_both_halves(paper, folded, base)
+    assert est["conv4_conv5_share"] == pytest.approx(0.25)
+    assert est["wall_s"] == pytest.approx(9.0 * (1 - 0.8 * 0.25))
 
 
 # --------------------------------------------------------------------------- options
