@@ -354,6 +354,16 @@ def test_cpu_configs_differ_only_in_preset_and_out_dir():
     assert a == b
 
 
+
+def test_trajectory_recipe_is_the_cpu_recipe_plus_the_term():
+    # its log is compared step for step with small-cpu's: nothing else may differ
+    a = load_config(REPO / "configs" / "small-cpu.yaml").to_dict()
+    b = load_config(REPO / "configs" / "small-cpu-traj.yaml").to_dict()
+    assert a["loss"].pop("trajectory_weight") == 0.0
+    assert b["loss"].pop("trajectory_weight") > 0.0
+    assert a.pop("out_dir") != b.pop("out_dir")
+    assert a == b
+
 # --------------------------------------------------------------------------- data
 
 def test_relobur_reader(tmp_path):
