@@ -57,8 +57,7 @@ def _stage_maps(stages, height: int, width: int, has_user_mask: bool, user_mask)
         probability = F.interpolate(first.probability.float(), size=size, mode="bilinear",
                                     align_corners=False)
         used = F.interpolate(first.mask.float(), size=size, mode="nearest")
-    motion = torch.cat((first.start, first.end), 1).float()
-    motion = F.interpolate(motion, size=size, mode="bilinear", align_corners=False) * first.scale
+    motion = first.trajectory_at(size)
     return probability[0, 0], used[0, 0], motion[0].view(2, 2, height, width)
 
 

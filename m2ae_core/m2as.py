@@ -73,6 +73,11 @@ class StageOutput:
     dilated_pixels: int = 0
     motion: torch.Tensor | None = None  # [B,4,h,w], (start, end) before gating; training only
 
+    def trajectory_at(self, size: tuple[int, int]) -> torch.Tensor:
+        """(start, end) [B,4,H,W] in input pixels at input size ``size`` (bilinear)."""
+        motion = torch.cat((self.start, self.end), 1).float()
+        return F.interpolate(motion, size=size, mode="bilinear", align_corners=False) * self.scale
+
 
 # A channel of the deformable conv is folded into conv4 (M2ASBlock.folded_deform_pruned)
 # when |sum of its taps| is at least this share of sum |taps|: dividing by the sum then

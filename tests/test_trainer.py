@@ -228,29 +228,6 @@ def test_ddp_two_processes_end_identical(photos, tmp_path):
     assert any(not torch.equal(init[k], a[k]) for k in a)
 
 
-def test_trajectory_errors_hand_computed():
-    from m2ae_core.training.trainer import trajectory_errors
-
-    target = torch.zeros(1, 4, 1, 2)
-    target[0, :2, 0, 0] = torch.tensor([3.0, 4.0])  # pixel 0: o_s = (3, 4), o_e = 0
-    target[0, 0, 0, 1], target[0, 2, 0, 1] = -1.0, 1.0  # pixel 1: o_s = (-1, 0), o_e = (1, 0)
-    mask = torch.ones(1, 1, 1, 2)
-    # zero motion: EPE = mean half-length of the true vectors, predicted length 0
-    epe, length, count = trajectory_errors(torch.zeros_like(target), target, mask)
-    assert count == 2 and length == 0.0 and epe == pytest.approx((2.5 + 1.0))
-    # the time-reversed trajectory is not an error ...
-    reversed_ = torch.cat((target[:, 2:], target[:, :2]), 1)
-    assert trajectory_errors(reversed_, target, mask)[0] == pytest.approx(0.0, abs=1e-6)
-    # ... but a wrong one is: pixel 1 predicted as (1, 0), (1, 0) is off by 2 at one end
-    wrong = target.clone()
-    wrong[0, 0, 0, 1] = 1.0
-    epe, length, _ = trajectory_errors(wrong, target, mask)
-    assert epe == pytest.approx(1.0) and length == pytest.approx(2.5 + 1.0)
-    # only the masked pixel counts
-    mask[0, 0, 0, 0] = 0.0
-    assert trajectory_errors(torch.zeros_like(target), target, mask) == (1.0, 0.0, 1.0)
-
-
 def test_validation_reports_trajectory_error_of_an_untrained_motion_branch(photos):
     from m2ae_core.network import build_model
     from m2ae_core.training.datasets import make_validation_set
@@ -354,7 +331,6 @@ def test_cpu_configs_differ_only_in_preset_and_out_dir():
     assert a == b
 
 
-
 def test_trajectory_recipe_is_the_cpu_recipe_plus_the_term():
     # its log is compared step for step with small-cpu's: nothing else may differ
     a = load_config(REPO / "configs" / "small-cpu.yaml").to_dict()
@@ -363,6 +339,7 @@ def test_trajectory_recipe_is_the_cpu_recipe_plus_the_term():
     assert b["loss"].pop("trajectory_weight") > 0.0
     assert a.pop("out_dir") != b.pop("out_dir")
     assert a == b
+
 
 # --------------------------------------------------------------------------- data
 

@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from ..errors import M2AEError
+from ..metrics import endpoint_error
 from .config import TrainConfig, load_config
 from .datasets import SampleStream, StepBatchDataset, collate, make_validation_set
 from .losses import M2AELoss, psnr_from_mse, to_stage_grid
@@ -154,28 +154,6 @@ def weighted_psnr(output: torch.Tensor, target: torch.Tensor,
     return results
 
 
-def stage_trajectory(info, size: tuple[int, int]) -> torch.Tensor:
-    """A stage's (start, end) displacements [B,4,H,W] in input pixels at input size ``size``
-    (bilinear, as ``m2ae deblur`` reports them)."""
-    motion = torch.cat((info.start, info.end), 1).float()
-    return F.interpolate(motion, size=size, mode="bilinear", align_corners=False) * info.scale
-
-
-def trajectory_errors(predicted: torch.Tensor, target: torch.Tensor,
-                      mask: torch.Tensor) -> tuple[float, float, float]:
-    """Sums over the pixels of ``mask`` [B,1,H,W] of the time-symmetric end-point error
-    (DESIGN §6; a blurred image does not tell which end came first) and of the predicted
-    displacement's length, and the pixel count. Trajectories are [B,4,H,W] = (o_s, o_e)."""
-    def epe(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return 0.5 * ((a[:, :2] - b[:, :2]).norm(dim=1) + (a[:, 2:] - b[:, 2:]).norm(dim=1))
-
-    swapped = torch.cat((predicted[:, 2:], predicted[:, :2]), 1)
-    error = torch.minimum(epe(predicted, target), epe(swapped, target))
-    length = 0.5 * (predicted[:, :2].norm(dim=1) + predicted[:, 2:].norm(dim=1))
-    m = mask[:, 0] > 0.5
-    return float(error[m].sum()), float(length[m].sum()), float(m.sum())
-
-
 @torch.no_grad()
 def validate(model: torch.nn.Module, val: dict, device: torch.device,
              batch: int = 4) -> dict[str, float]:
@@ -207,11 +185,17 @@ def validate(model: torch.nn.Module, val: dict, device: torch.device,
                 inter += float((gt & pred).sum())
                 union += float((gt | pred).sum())
             if output.stages and "trajectory" in val:
-                target = val["trajectory"][start:start + batch].to(device).float()
-                predicted = stage_trajectory(output.stages[0], tuple(blur.shape[-2:]))
-                errors = trajectory_errors(predicted, target, mask)
-                epe_sum, length_sum = epe_sum + errors[0], length_sum + errors[1]
-                epe_pixels += errors[2]
+                predicted = output.stages[0].trajectory_at(tuple(blur.shape[-2:])).cpu()
+                target = val["trajectory"][start:start + batch]
+                for i in range(predicted.shape[0]):
+                    blurred = val["mask"][start + i, 0] > 0.5
+                    count = int(blurred.sum())
+                    if count:  # means over the sample's blurred pixels, weighted by their count
+                        epe_sum += count * endpoint_error(predicted[i], target[i], blurred,
+                                                          symmetric=True)
+                        length_sum += count * endpoint_error(predicted[i], 0 * target[i],
+                                                             blurred)
+                        epe_pixels += count
     finally:
         model.train(was_training)
     pairs = [(a, b) for a, b in zip(w_in, w_out) if a is not None and b is not None]
