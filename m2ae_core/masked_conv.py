@@ -33,7 +33,7 @@ class PrunePlan:
     dilated_index: torch.Tensor  # flat index of the 3x3-dilated mask set, [D]
     lookup: torch.Tensor  # zero-padded grid -> row in the dilated set (D = outside), flat
     centre: torch.Tensor  # each masked pixel's flat index in the padded grid, [Q]
-    row_mask: torch.Tensor  # bool [B*H*W, 1]: the mask as a column over channels-last rows
+    unmasked_index: torch.Tensor  # flat index of each pixel outside the mask, [B*H*W - Q]
 
     @property
     def masked(self) -> int:
@@ -63,7 +63,7 @@ class PrunePlan:
         row, col = rest // w, rest % w
         centre = item * (h + 2) * (w + 2) + (row + 1) * (w + 2) + (col + 1)
         return cls((b, h, w), mask_index, item, row, col, dilated_index, lookup, centre,
-                   mask.reshape(-1, 1))
+                   (~mask).flatten().nonzero().squeeze(1))
 
 
 def dilate3x3(mask: torch.Tensor) -> torch.Tensor:
@@ -127,8 +127,10 @@ def masked_gated_conv_pruned(f1: torch.Tensor, plan: PrunePlan, conv1: nn.Conv2d
         return simple_gate(conv2(conv1(f1)))
     pixels = pixel_rows(f1)
     if plan.masked > DENSE_MIX_SHARE * plan.total:
-        gated = pixel_rows(simple_gate(conv2(conv1(f1))))
-        result = torch.where(plan.row_mask, gated, pixels.square())
+        result = pixel_rows(simple_gate(conv2(conv1(f1))))
+        # Overwrite only the unmasked rows: a select over the whole map cost 3-4x more.
+        unmasked = plan.unmasked_index
+        result.index_copy_(0, unmasked, pixels.index_select(0, unmasked).square_())
     else:
         result = pixels.square()
         if plan.masked:
