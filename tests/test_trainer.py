@@ -131,6 +131,28 @@ def test_trainable_parts_train_and_the_rest_stays_frozen(straight_run, photos, t
         train(load_config(_write_yaml(tmp_path / "cfg2.yaml", cfg)))
 
 
+def test_frozen_parts_keep_their_weights_while_the_rest_trains(straight_run, photos, tmp_path):
+    init = straight_run / "final.safetensors"
+    cfg = _tiny_config(photos, tmp_path / "run", steps=2, val_every=0)
+    cfg["model"].update(init_weights=str(init), frozen=["mask_predictor"])
+    train(load_config(_write_yaml(tmp_path / "cfg.yaml", cfg)))
+    from safetensors.torch import load_file
+
+    start, after = load_file(init), load_file(tmp_path / "run" / "final.safetensors")
+    changed = {key for key in start if not torch.equal(start[key], after[key])}
+    heads = {key for key in start if "mask_predictor" in key}
+    assert heads and not changed & heads
+    assert any(key.startswith("decoders.") for key in changed)
+    assert any(".dconv." in key for key in changed)  # M2AS blocks train around the heads
+    cfg["out_dir"] = str(tmp_path / "run2")
+    cfg["model"]["frozen"] = ["no_such_part"]
+    with pytest.raises(M2AEError, match="frozen: 'no_such_part' matches no parameter"):
+        train(load_config(_write_yaml(tmp_path / "cfg2.yaml", cfg)))
+    cfg["model"].update(trainable=["mask_predictor"], frozen=["mask_predictor"])
+    with pytest.raises(M2AEError, match="leaves no parameter"):
+        train(load_config(_write_yaml(tmp_path / "cfg2.yaml", cfg)))
+
+
 def test_mask_context_heads_train_alone(straight_run, photos, tmp_path, monkeypatch):
     # Start from weights without context units: they are added fresh, everything else loads;
     # with only the mask loss the forward stops after the last M2AS stage.

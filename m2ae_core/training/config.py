@@ -41,6 +41,9 @@ class ModelSection:
     # Train only the parameters whose dotted name contains one of these parts (e.g.
     # [mask_predictor]); every other parameter stays frozen. Empty = train everything.
     trainable: list = field(default_factory=list)
+    # ... and then freeze those whose name contains one of these (e.g. [mask_predictor]: the
+    # restoration adapts to masks from heads that keep what they learned on their own).
+    frozen: list = field(default_factory=list)
 
 
 @dataclass

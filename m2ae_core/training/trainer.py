@@ -274,17 +274,23 @@ def train(config: TrainConfig) -> dict:
         torch.set_num_threads(previous_threads)
 
 
-def _freeze_all_but(model: torch.nn.Module, parts) -> None:
-    """Keep ``requires_grad`` only on parameters whose name contains one of ``parts``."""
-    if not parts:
-        return
+def _choose_trainable(model: torch.nn.Module, trainable, frozen) -> None:
+    """Keep ``requires_grad`` on parameters whose name contains a part of ``trainable`` (all
+    when empty) and none of ``frozen``."""
+    for setting, parts in (("trainable", trainable), ("frozen", frozen)):
+        for part in parts:
+            if not any(part in name for name, _ in model.named_parameters()):
+                raise M2AEError(f"model.{setting}: {part!r} matches no parameter name "
+                                "(e.g. 'mask_predictor', 'encoders.2')")
     chosen = 0
     for name, param in model.named_parameters():
-        param.requires_grad_(any(part in name for part in parts))
-        chosen += param.requires_grad
+        keep = (not trainable or any(part in name for part in trainable)) \
+            and not any(part in name for part in frozen)
+        param.requires_grad_(keep)
+        chosen += keep
     if not chosen:
-        raise M2AEError(f"model.trainable {list(parts)} matches no parameter name "
-                        "(e.g. 'mask_predictor', 'encoders.2')")
+        raise M2AEError(f"model.trainable {list(trainable)} minus model.frozen {list(frozen)} "
+                        "leaves no parameter to train")
 
 
 def _load_initial_weights(model: torch.nn.Module, source: str) -> list[str]:
@@ -320,7 +326,7 @@ def _train(config: TrainConfig, world: int, rank: int, device: torch.device) -> 
     _seed_all(config.seed)  # identical initial weights on every rank
     model = build_model(config.model.preset, **dict(config.model.overrides)).to(device)
     model.train()
-    _freeze_all_but(model, config.model.trainable)
+    _choose_trainable(model, config.model.trainable, config.model.frozen)
     params = [p for p in model.parameters() if p.requires_grad]
     opt_cfg = config.optim
     optimizer = torch.optim.AdamW(params, lr=opt_cfg.lr, betas=tuple(opt_cfg.betas),
