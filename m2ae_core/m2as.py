@@ -103,6 +103,13 @@ class M2ASBlock(NAFBlock):
         sampled only on the mask (exact when ``gated``), and ``prune_conv`` also restricts the
         mask-aware conv to the mask (eval only: it has no gradient towards the mask)."""
         mid = self.masked_spatial_mix(x, mask, plan if prune_conv else None)
+        return self.motion_aware_half(mid, start, end, plan, gated, prune_conv)
+
+    def motion_aware_half(self, mid: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
+                          plan: PrunePlan | None = None, gated: bool = True,
+                          prune_conv: bool = False) -> torch.Tensor:
+        """Second half with its residual: conv4, the deformable conv, the gate and conv5, by
+        the cheapest exact path the arguments allow (see :meth:`forward`)."""
         f5 = None
         if plan is not None and gated and prune_conv and not torch.is_grad_enabled():
             f5 = self.folded_deform_pruned(self.norm2(mid), plan, start, end)

@@ -128,7 +128,8 @@ def masked_gated_conv_pruned(f1: torch.Tensor, plan: PrunePlan, conv1: nn.Conv2d
     pixels = pixel_rows(f1)
     if plan.masked > DENSE_MIX_SHARE * plan.total:
         result = pixel_rows(simple_gate(conv2(conv1(f1))))
-        # Overwrite only the unmasked rows: a select over the whole map cost 3-4x more.
+        # Overwrite only the unmasked rows: a select over the whole map cost 3.7-7x more
+        # (45-80 % masked, 1280x720's stage-4 grid, one thread).
         unmasked = plan.unmasked_index
         result.index_copy_(0, unmasked, pixels.index_select(0, unmasked).square_())
     else:

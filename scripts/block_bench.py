@@ -66,9 +66,8 @@ def main() -> None:
             "NAF first half (+residual)": lambda: x + naf.beta * naf.spatial_mix(x),
             "NAF second half (+residual)": lambda: mid + naf.gamma * naf.conv5(
                 simple_gate(naf.conv4(naf.norm2(mid)))),
-            "M2AS second half (+residual)": lambda: m2as(x, mask, start, end, plan, True, True)
-            if plan.masked == plan.total else mid + m2as.gamma * m2as.conv5(
-                m2as.folded_deform_pruned(m2as.norm2(mid), plan, start, end)),
+            "M2AS second half (+residual)": lambda: m2as.motion_aware_half(
+                mid, start, end, plan, True, True),
             "  unfolded (session 3)": lambda: mid + m2as.gamma * m2as.conv5(
                 m2as.gated_deform_pruned(m2as.conv4(m2as.norm2(mid)), plan, start, end)),
             "plan (once per stage)": lambda: PrunePlan.from_mask(mask),

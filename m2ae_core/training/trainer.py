@@ -193,8 +193,8 @@ def validate(model: torch.nn.Module, val: dict, device: torch.device,
                     if count:  # means over the sample's blurred pixels, weighted by their count
                         epe_sum += count * endpoint_error(predicted[i], target[i], blurred,
                                                           symmetric=True)
-                        length_sum += count * endpoint_error(predicted[i], 0 * target[i],
-                                                             blurred)
+                        still = torch.zeros_like(target[i])  # error against no motion = length
+                        length_sum += count * endpoint_error(predicted[i], still, blurred)
                         epe_pixels += count
     finally:
         model.train(was_training)
