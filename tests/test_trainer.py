@@ -12,10 +12,11 @@ import torch
 from PIL import Image
 
 from m2ae_core.errors import ConfigError, M2AEError
-from m2ae_core.training.config import TrainConfig, load_config
+from m2ae_core.training.config import TrainConfig, config_from_dict, load_config
 from m2ae_core.training.datasets import (GoProDataset, ReLoBlurDataset, SampleStream,
                                          StepBatchDataset, StreamSettings, augment,
-                                         blur_aware_crop, transform_trajectory)
+                                         blur_aware_crop, training_photo_paths,
+                                         transform_trajectory)
 from m2ae_core.training.trainer import lr_factor, main, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -482,3 +483,28 @@ def test_blur_aware_crop_centres_on_blur():
     assert hits == 40
     small = blur_aware_crop(_marker_item(size=16), 32, rng)  # padded up
     assert small["sharp"].shape == (3, 32, 32)
+
+
+def test_extra_photo_folders_join_the_training_pool(tmp_path):
+    main, extra = tmp_path / "main", tmp_path / "extra"
+    main.mkdir(), extra.mkdir()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(main / "red.png")
+    Image.new("RGB", (64, 64), (30, 30, 200)).save(extra / "blue.png")
+    # A held-out benchmark photo copied into an extra folder must not leak into training.
+    Image.new("RGB", (64, 64), (30, 200, 30)).save(extra / "coffee.png")
+    settings = StreamSettings(seed=3, crop=32, photos=str(main), extra_photos=(str(extra),))
+    names = [p.name for p in training_photo_paths(settings)]
+    assert names == ["red.png", "blue.png"]
+    stream = SampleStream(settings)
+    dominant = {int(stream(g)["sharp"].mean((1, 2)).argmax()) for g in range(12)}
+    assert dominant == {0, 2}  # red and blue photos both drawn, never the green one
+
+
+def test_extra_photos_must_be_a_list_of_existing_folders(tmp_path):
+    with pytest.raises(ConfigError, match="extra_photos must be a list"):
+        config_from_dict({"data": {"extra_photos": "some/folder"}})
+    Image.new("RGB", (64, 64)).save(tmp_path / "photo.png")
+    settings = StreamSettings(seed=3, crop=32, photos=str(tmp_path),
+                              extra_photos=(str(tmp_path / "missing"),))
+    with pytest.raises(FileNotFoundError, match="missing"):
+        training_photo_paths(settings)

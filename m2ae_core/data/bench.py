@@ -94,7 +94,8 @@ def photo_paths(root, split: str) -> list[Path]:
     held = set(HELD_OUT_PHOTOS)
     paths = [p for p in list_photos(root) if p.name not in held]
     if not paths:
-        raise FileNotFoundError(f"no training photos in {root} (every image there is held out)")
+        raise FileNotFoundError(f"no training photos in {root}: it holds no images, or only "
+                                f"held-out benchmark photos")
     return paths
 
 

@@ -52,6 +52,9 @@ class DataSection:
     # held-out benchmark photos: data.bench.photo_paths(root, "train") excludes them).
     photos: str | None = "../shared/data/photos"
     photo_split: str = "train"
+    # More photo folders for the synthetic samples (e.g. the Debian wallpapers that
+    # scripts/fetch_extra_photos.sh unpacks); every photo there trains except held-out names.
+    extra_photos: list = field(default_factory=list)
     seed: int | None = None  # sample stream seed; None = the top-level seed
     crop: int = 128
     render_scale: float = 1.5  # synthetic samples are rendered at crop*scale, then cropped
@@ -82,6 +85,7 @@ class DataSection:
         names = {f.name for f in dataclasses.fields(StreamSettings)}
         values = {k: v for k, v in dataclasses.asdict(self).items() if k in names}
         values["seed"] = default_seed if self.seed is None else self.seed
+        values["extra_photos"] = tuple(self.extra_photos)
         return StreamSettings(**values)
 
 
@@ -189,6 +193,11 @@ def _coerce(value: Any, annotation: str, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where} must be a list, got {value!r}")
         return tuple(float(v) for v in value)
+    if ann == "list":
+        # A lone string would otherwise be iterated letter by letter.
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return list(value)
     return value
 
 

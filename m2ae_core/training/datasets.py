@@ -259,6 +259,7 @@ class StreamSettings:
     rotations: bool = True
     photos: str | None = None
     photo_split: str = "train"
+    extra_photos: tuple = ()  # more folders; all their photos join the pool
     synthetic: dict | None = None  # SynthParams overrides
     synthetic_weight: float = 1.0
     global_prob: float = 0.5
@@ -273,6 +274,17 @@ class StreamSettings:
     gopro_weight: float = 1.0
 
 
+def training_photo_paths(settings: StreamSettings) -> list:
+    """The photos of ``settings.photo_split`` plus every photo in ``settings.extra_photos``
+    (the held-out benchmark names are excluded there too, so a copy cannot leak in)."""
+    from ..data.bench import photo_paths
+
+    paths = photo_paths(settings.photos, settings.photo_split)
+    for folder in settings.extra_photos or ():
+        paths += photo_paths(folder, "train")
+    return paths
+
+
 class SampleStream:
     """Sample ``g`` of the training stream: a pure function of ``(settings.seed, g)``."""
 
@@ -280,15 +292,14 @@ class SampleStream:
         self.settings = settings
         self.sources: list[tuple[str, float, object]] = []
         if settings.photos and settings.synthetic_weight > 0:
-            from ..data.bench import photo_paths
             from ..data.synthetic import SynthParams, SyntheticBlurSource
 
             render = max(settings.crop, math.ceil(settings.crop * settings.render_scale))
             params = SynthParams(size=(render, render), global_prob=settings.global_prob)
             if settings.synthetic:
                 params = params.replace(**dict(settings.synthetic))
-            source = SyntheticBlurSource(photo_paths(settings.photos, settings.photo_split),
-                                         params, settings.seed, max_side=settings.max_side)
+            source = SyntheticBlurSource(training_photo_paths(settings), params, settings.seed,
+                                         max_side=settings.max_side)
             self.sources.append(("synthetic", settings.synthetic_weight, source))
         if settings.reloblur and settings.reloblur_weight > 0:
             dataset = ReLoBlurDataset(settings.reloblur, settings.reloblur_split,
