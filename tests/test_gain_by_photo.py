@@ -1,0 +1,33 @@
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gain_by_photo.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("gain_by_photo", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(name, kind, restored, blurred):
+    return {"name": name, "kind": kind, "weighted_psnr": restored,
+            "input_weighted_psnr": blurred}
+
+
+def test_gains_are_credited_to_every_object_photo_of_local_samples(tmp_path, capsys):
+    script = _load()
+    manifest = {"samples": [{"name": "0", "objects": ["a.jpg"]},
+                            {"name": "1", "objects": ["a.jpg", "b.jpg"]},
+                            {"name": "2", "objects": []}]}
+    results = {"samples": [_row("0", "local", 22.0, 21.0), _row("1", "local", 23.0, 20.0),
+                           _row("2", "global", 30.0, 20.0)]}
+    gains = script.gains_by_object_photo(manifest, results)
+    assert gains == {"a.jpg": [1.0, 3.0], "b.jpg": [3.0]}  # the global sample counts nowhere
+    (tmp_path / "m.json").write_text(json.dumps(manifest))
+    (tmp_path / "r.json").write_text(json.dumps(results))
+    assert script.main([str(tmp_path / "m.json"), str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| a.jpg | 2 | +2.00 |" in out and "| b.jpg | 1 | +3.00 |" in out
