@@ -2,6 +2,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gain_by_photo.py"
 
 
@@ -31,3 +33,15 @@ def test_gains_are_credited_to_every_object_photo_of_local_samples(tmp_path, cap
     assert script.main([str(tmp_path / "m.json"), str(tmp_path / "r.json")]) == 0
     out = capsys.readouterr().out
     assert "| a.jpg | 2 | +2.00 |" in out and "| b.jpg | 1 | +3.00 |" in out
+
+
+def test_mask_texture_averages_neighbour_steps_inside_the_mask():
+    script = _load()
+    stripes = np.zeros((4, 4), np.float32)
+    stripes[:, 1::2] = 0.5  # every horizontal step is 0.5, every vertical one 0
+    everywhere = np.ones((4, 4), bool)
+    assert script.mask_texture(stripes, everywhere) == 0.5
+    assert script.mask_texture(np.zeros((4, 4), np.float32), everywhere) == 0.0
+    left_only = np.zeros((4, 4), bool)
+    left_only[:, 0] = True
+    assert script.mask_texture(stripes, left_only) == 0.5
