@@ -43,14 +43,16 @@ def dataset_texture(folder: Path, results: dict) -> float | None:
     """Mean :func:`mask_texture` over the local samples, or None without the images."""
     if not (folder / "sharp").is_dir():
         return None
+    from m2ae_core.evaluate import find_samples
+
+    files = {sample.name: sample for sample in find_samples(folder)[1]}
     values = []
     for row in results["samples"]:
         if row["kind"] != "local":
             continue
-        sharp = Image.open(next((folder / "sharp").glob(row["name"] + ".*"))).convert("L")
-        mask = Image.open(next((folder / "mask").glob(row["name"] + ".*"))).convert("L")
-        values.append(mask_texture(np.asarray(sharp, np.float32) / 255,
-                                   np.asarray(mask) > 127))
+        sample = files[row["name"]]
+        sharp = np.asarray(Image.open(sample.sharp).convert("L"), np.float32) / 255
+        values.append(mask_texture(sharp, np.asarray(Image.open(sample.mask).convert("L")) > 127))
     return sum(values) / len(values)
 
 

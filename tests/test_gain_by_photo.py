@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gain_by_photo.py"
 
@@ -45,3 +46,19 @@ def test_mask_texture_averages_neighbour_steps_inside_the_mask():
     left_only = np.zeros((4, 4), bool)
     left_only[:, 0] = True
     assert script.mask_texture(stripes, left_only) == 0.5
+
+
+def test_texture_is_printed_for_a_dataset_with_its_images(tmp_path, capsys):
+    script = _load()
+    stripes = np.zeros((8, 8, 3), np.uint8)
+    stripes[:, 1::2] = 255  # every horizontal step is 1.0 in grey, every vertical one 0
+    for folder in ("blur", "sharp", "mask"):
+        (tmp_path / folder).mkdir()
+    Image.fromarray(stripes).save(tmp_path / "blur" / "0.png")
+    Image.fromarray(stripes).save(tmp_path / "sharp" / "0.png")
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(tmp_path / "mask" / "0.png")
+    manifest = {"samples": [{"name": "0", "is_global": False, "objects": ["a.jpg"]}]}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "r.json").write_text(json.dumps({"samples": [_row("0", "local", 21.0, 20.0)]}))
+    assert script.main([str(tmp_path / "manifest.json"), str(tmp_path / "r.json")]) == 0
+    assert "mean texture in the blurred regions: 1.0000" in capsys.readouterr().out

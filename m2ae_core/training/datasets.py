@@ -280,7 +280,7 @@ def training_photo_paths(settings: StreamSettings) -> list:
     from ..data.bench import photo_paths
 
     paths = photo_paths(settings.photos, settings.photo_split)
-    for folder in settings.extra_photos or ():
+    for folder in settings.extra_photos:
         paths += photo_paths(folder, "train")
     return paths
 
