@@ -300,7 +300,8 @@ class M2AEPrunedDeblur(io.ComfyNode):
                 io.Boolean.Input(
                     "preserve_sharp", default=False,
                     tooltip="Keep the input pixels outside the (feathered) mask exactly as they "
-                            "were."),
+                            "were; inside a predicted mask, keep more of the input where the "
+                            "blur probability is low."),
                 io.Int.Input(
                     "tile_size", default=0, min=0, max=MAX_TILE, step=16,
                     tooltip=f"0 = automatic (tiles only above 4 megapixels); otherwise process "

@@ -105,6 +105,28 @@ def test_preserve_sharp_keeps_far_pixels_untouched(model):
     assert not np.array_equal(out[:16, :16], image[:16, :16])
 
 
+def test_preserve_sharp_trusts_a_given_mask_inside_it(model):
+    image = photo(64, 64)
+    mask = np.zeros((64, 64), bool)
+    mask[:32, :32] = True
+    kept = deblur(model, image, mask=mask, preserve_sharp=True).image
+    plain = deblur(model, image, mask=mask).image
+    assert np.array_equal(kept[:20, :20], plain[:20, :20])  # beyond the feathered edge
+
+
+def test_preserve_sharp_weights_a_predicted_mask_by_its_probability(model):
+    image = photo(64, 64).astype(np.float32) / 255
+    plain = deblur(model, image)
+    kept = deblur(model, image, preserve_sharp=True).image
+    inside = torch.nn.functional.max_pool2d(  # pixels 4+ px from the mask's edge
+        -torch.from_numpy(~plain.mask).float()[None, None], 9, stride=1, padding=4)[0, 0] == 0
+    p = plain.probability[inside.numpy()]
+    assert inside.any() and 0.5 < p.min() and p.max() < 0.999  # blends must be visible
+    expected = image + plain.probability[..., None] * (plain.image - image)
+    assert np.allclose(kept[inside.numpy()], np.clip(expected, 0, 1)[inside.numpy()], atol=1e-5)
+    assert not np.allclose(kept, plain.image, atol=1e-3)
+
+
 def test_tiled_output_matches_untiled():
     # A freshly built model has beta = gamma = 0: every block is the identity, so the net is a
     # local convolutional map; tiles aligned to 16 px must then agree with the whole image.
