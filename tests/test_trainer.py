@@ -364,6 +364,17 @@ def test_trajectory_recipe_is_the_cpu_recipe_plus_the_term():
     assert a == b
 
 
+def test_keep_degradation_recipe_is_the_session_7_control_plus_the_target():
+    # A/B against runs/small-cpu-morephotos-control: only the training target may differ
+    a = load_config(REPO / "configs" / "small-cpu-morephotos.yaml").to_dict()
+    b = load_config(REPO / "configs" / "small-cpu-keep-degradation.yaml").to_dict()
+    assert a["data"].pop("extra_photos") and not b["data"].pop("extra_photos")  # control: []
+    assert not a["data"].pop("target_keeps_degradation")
+    assert b["data"].pop("target_keeps_degradation") is True
+    assert a.pop("out_dir") != b.pop("out_dir")
+    assert a == b
+
+
 # --------------------------------------------------------------------------- data
 
 def test_relobur_reader(tmp_path):
@@ -421,6 +432,32 @@ def test_stream_is_deterministic_and_layout_independent(photos):
     for key in ("blur", "sharp", "mask", "trajectory"):
         assert torch.equal(x[key], y[key])
     assert x["blur"].shape == (3, 32, 32) and x["trajectory"].shape == (4, 32, 32)
+
+
+def test_degradation_is_what_noise_and_jpeg_added_to_the_clean_render(photos):
+    from m2ae_core.data.synthetic import SynthParams, SyntheticBlurSource
+
+    paths = sorted(photos.iterdir())
+    params = SynthParams(size=(48, 48), global_prob=0.0, noise_prob=1.0, jpeg_prob=1.0)
+    noisy = SyntheticBlurSource(paths, params, seed=2).sample(0)
+    clean = SyntheticBlurSource(paths, params.replace(noise_prob=0.0, jpeg_prob=0.0),
+                                seed=2).sample(0)
+    assert noisy.degradation.abs().max() > 0.01
+    assert torch.allclose(noisy.blur - noisy.degradation, clean.blur, atol=1e-6)
+    assert torch.equal(clean.degradation, torch.zeros_like(clean.blur))
+
+
+def test_target_keeping_the_degradation_equals_the_input_where_nothing_moved(photos):
+    settings = dict(seed=4, crop=32, photos=str(photos), global_prob=0.0, blur_crop_prob=1.0,
+                    synthetic={"noise_prob": 1.0, "jpeg_prob": 1.0})
+    kept = SampleStream(StreamSettings(target_keeps_degradation=True, **settings))(3)
+    clean = SampleStream(StreamSettings(**settings))(3)
+    still = clean["mask"][0] == 0
+    assert still.any() and (~still).any()
+    assert torch.equal(kept["blur"], clean["blur"]) and torch.equal(kept["mask"], clean["mask"])
+    # below a quarter of an 8-bit step: the mask rule allows float-rounding-sized changes
+    assert (kept["sharp"] - kept["blur"])[:, still].abs().max() < 1e-3  # leave it as it is
+    assert (clean["sharp"] - clean["blur"])[:, still].abs().max() > 0.01  # vs denoise it
 
 
 class _FixedRng:

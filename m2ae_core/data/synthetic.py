@@ -301,6 +301,9 @@ class SynthSample:
     is_global: bool
     meta: dict = field(default_factory=dict)
     debug: RenderDebug | None = None
+    # what noise and JPEG added to the blurred image (blur minus its clean render); None
+    # until augment_blur ran. Lets training keep them in the target (data.target_keeps_degradation).
+    degradation: torch.Tensor | None = None
 
     @property
     def mask_fraction(self) -> float:
@@ -721,7 +724,9 @@ def render_sample(background, foregrounds: Sequence, params: SynthParams,
         sample = render_scene(bg, objects, subframes=params.subframes,
                               return_subframes=return_subframes)
         meta["objects"] = obj_meta
-    sample.blur, aug = augment_blur(sample.blur, params, rng)
+    clean = sample.blur
+    sample.blur, aug = augment_blur(clean, params, rng)
+    sample.degradation = sample.blur - clean
     meta.update(aug)
     sample.meta = meta
     return sample

@@ -55,6 +55,10 @@ class DataSection:
     # More photo folders for the synthetic samples (e.g. the Debian wallpapers that
     # scripts/fetch_extra_photos.sh unpacks); every photo there trains except held-out names.
     extra_photos: list = field(default_factory=list)
+    # True: the synthetic target keeps the input's noise and JPEG error (sharp + degraded
+    # blur - clean blur), so only blur is removed and the background is left as it was.
+    # Validation still scores against the clean sharp image, as the benchmark does.
+    target_keeps_degradation: bool = False
     seed: int | None = None  # sample stream seed; None = the top-level seed
     crop: int = 128
     render_scale: float = 1.5  # synthetic samples are rendered at crop*scale, then cropped
