@@ -10,6 +10,16 @@ SHARED_DATA = Path(os.environ.get("M2AE_SHARED_DATA", REPO.parent / "shared" / "
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+def load_script(name: str):
+    """Import ``scripts/<name>.py`` (the scripts folder is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def randomize_(model: torch.nn.Module, seed: int = 0, scale: float = 0.5) -> torch.nn.Module:
     """Give every parameter (beta, gamma and the zero-initialised motion analyzer included)
     non-trivial random values, so no branch of the network is silently inactive."""

@@ -1,18 +1,13 @@
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gain_by_photo.py"
+from conftest import load_script
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("gain_by_photo", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("gain_by_photo")
 
 
 def _row(name, kind, restored, blurred):

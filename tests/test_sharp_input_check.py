@@ -1,21 +1,12 @@
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import randomize_
+from conftest import load_script, randomize_
 from m2ae_core import build_model, save_weights
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "sharp_input_check.py"
-
-
 def _load():
-    spec = importlib.util.spec_from_file_location("sharp_input_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("sharp_input_check")
 
 
 @pytest.fixture(scope="module")

@@ -1,21 +1,14 @@
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import randomize_
+from conftest import load_script, randomize_
 from m2ae_core import build_model
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "threshold_sweep.py"
-
-
 def _load():
-    spec = importlib.util.spec_from_file_location("threshold_sweep", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("threshold_sweep")
 
 
 def _dataset(root: Path, masks: dict[str, np.ndarray]) -> Path:
