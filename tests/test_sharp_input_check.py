@@ -5,6 +5,7 @@ from PIL import Image
 from conftest import load_script, randomize_
 from m2ae_core import build_model, save_weights
 
+
 def _load():
     return load_script("sharp_input_check")
 

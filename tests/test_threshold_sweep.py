@@ -7,6 +7,7 @@ from PIL import Image
 from conftest import load_script, randomize_
 from m2ae_core import build_model
 
+
 def _load():
     return load_script("threshold_sweep")
 
