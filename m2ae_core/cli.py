@@ -151,9 +151,9 @@ def add_deblur_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps ... (default cpu)")
     parser.add_argument("--dtype", default=None, help="fp32 (default), fp16 or bf16")
     parser.add_argument("--preserve-sharp", action="store_true",
-                        help="keep pixels outside the (feathered) blur mask exactly as in the input; inside "
-                             "a predicted mask, blend toward the input where the blur "
-                             "probability is low")
+                        help="keep pixels outside the (feathered) blur mask exactly as in "
+                             "the input; inside a predicted mask, blend toward the input "
+                             "where the blur probability is low")
     parser.add_argument("--dense", action="store_true",
                         help="run the dense masked path instead of the pixel-pruned one (same result, slower)")
     parser.add_argument("--save-mask", action="store_true", help="also write <name>_mask.png")

@@ -311,7 +311,8 @@ def evaluate(model, dataset_dir, *, threshold: float = 0.5, pruned: bool = True,
              progress: ProgressCallback | None = None) -> dict:
     """Run :func:`~m2ae_core.inference.deblur` on every sample of ``dataset_dir``.
 
-    ``preserve_sharp``: as in ``deblur`` (input kept outside the feathered predicted mask, blended by the blur probability inside).
+    ``preserve_sharp``: as in ``deblur`` (input kept outside the feathered predicted mask,
+    blended in by the blur probability inside it).
     ``limit``: only the first N samples (in manifest / name order). ``progress(done,
     total)`` is called after each sample (raise from it to abort). Returns
     ``{"model", "dataset", "settings", "samples": [per-sample dict], "aggregates":
@@ -417,8 +418,8 @@ def format_markdown(results: dict, command: str | None = None) -> str:
              + f"; {data['samples']} samples: {data['local']} local, {data['global']} global)",
              f"- Settings: threshold {settings['threshold']}, "
              f"{'pruned' if settings['pruned'] else 'dense'} path"
-             + (", input kept outside the predicted mask and blended in by blur probability (preserve_sharp)"
-                if settings.get("preserve_sharp") else "")
+             + (", input kept outside the predicted mask and blended in by blur probability "
+                "(preserve_sharp)" if settings.get("preserve_sharp") else "")
              + (f", first {settings['limit']} samples" if settings.get("limit") else ""),
              f"- Command: `{command or results.get('command') or shlex.join(sys.argv)}`", "",
              "Input = the blurred image vs ground truth (baseline); out = the restored image. "

@@ -249,7 +249,7 @@ def _sharp_preserving_alpha(mask: torch.Tensor, probability: torch.Tensor,
 
 
 def _finish_item(maps: _Maps, original: torch.Tensor, has_stages: bool, preserve_sharp: bool,
-                 mask_given: bool = False):
+                 *, mask_given: bool):
     weight = maps.weight.clamp_min(1e-8)
     image = (maps.image / weight).clamp(0, 1)
     if has_stages:

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import load_script, randomize_
@@ -47,8 +48,17 @@ def test_report_prints_one_row_per_sample_and_the_means(dataset, model, tmp_path
     assert script.main([str(dataset), "--weights", str(weights)]) == 0
     out = capsys.readouterr().out
     assert out.count("\n| 0 |") == 1 and "| 1 |" in out and "**mean of 2**" in out
-    rows = [{"name": "a", "psnr": 30.0, "marked": 0.5}, {"name": "b", "psnr": 40.0, "marked": 0.0}]
-    assert "| **mean of 2** | **35.00** | **25.0 %** |" in script.report(rows)
+    rows = [{"name": "a", "psnr": 30.0, "detail": 0.8, "marked": 0.5},
+            {"name": "b", "psnr": 40.0, "detail": 1.0, "marked": 0.0}]
+    assert "| **mean of 2** | **35.00** | **0.900** | **25.0 %** |" in script.report(rows)
+
+
+def test_detail_is_the_mean_neighbour_step():
+    script = _load()
+    stripes = torch.zeros(1, 3, 4, 4)
+    stripes[..., 1::2] = 0.5  # every horizontal step 0.5, every vertical one 0
+    assert script.detail(stripes) == 0.5
+    assert script.detail(torch.full((1, 3, 4, 4), 0.3)) == 0.0
 
 
 def test_a_missing_dataset_is_reported(tmp_path, capsys):
