@@ -30,6 +30,12 @@ class M2AEConfig:
     # only its own pixel's features plus a global mean; measured here to learn almost nothing
     # about blur on a small backbone (docs/training, issue 3).
     mask_context: int = 0
+    # Also pool the mask predictor's context by its maximum over the image, not only its
+    # mean: a soft, smooth frame with one sharp edge is not camera shake (issue 3, session 9).
+    mask_global_max: bool = False
+    # Channels of a small stem that reads the image itself for the mask predictors (0: none):
+    # the stage features are shaped by restoration (issue 3, session 9).
+    mask_evidence: int = 0
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -45,6 +51,10 @@ class M2AEConfig:
                 raise ConfigError(f"m2as stage {stage} is not an encoder stage with blocks")
         if not 0 <= self.mask_context <= 8:
             raise ConfigError(f"mask_context must be 0..8 context units, got {self.mask_context}")
+        if self.mask_evidence < 0 or (self.mask_evidence and not self.m2as_stages):
+            raise ConfigError("mask_evidence must be 0, or a channel count with M2AS stages")
+        if self.m2as_stages and self.mask_evidence and min(self.m2as_stages) < 2:
+            raise ConfigError("mask_evidence works at stride 4: M2AS stages must be 2 or deeper")
         if self.trajectory_instants != 9:
             raise ConfigError("trajectory_instants must be 9 (one per tap of the 3x3 kernel)")
 

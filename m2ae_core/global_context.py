@@ -1,10 +1,13 @@
 """One image-wide context for tiled inference.
 
 The network pools over all pixels in two places: channel attention (every block) and the mask
-predictor's context half. A tile pools over itself only, so tiles disagree with each other and
-with the untiled result. The fix costs a second pass: run the tiles once and record, for every
-pooling site, its mean over the whole image (each tile pixel weighted by its share of the
-final blend, so every image pixel counts once); then run them again with those means fixed.
+predictor's context half (by mean, and optionally by max). A tile pools over itself only, so
+tiles disagree with each other and with the untiled result. The fix costs a second pass: run the
+tiles once and record, for every pooling site, its mean over the whole image (each tile pixel
+weighted by its share of the final blend, so every image pixel counts once) or its max (over
+the pixels where a tile has at least a quarter of the blend, which leaves out only the
+zero-padded edges of tiles: every pixel has such a tile, at most four tiles meet); then run
+them again with those values fixed.
 """
 from __future__ import annotations
 
@@ -14,7 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import GlobalMean
+from .layers import GlobalMax, GlobalMean
+
+# A tile pixel counts towards a max when its share of the blend is at least this.
+MAX_SHARE = 0.25
 
 
 def pooling_sites(model: nn.Module) -> list[GlobalMean]:
@@ -29,6 +35,7 @@ class ContextRecorder:
         self.pad_multiple = pad_multiple
         self._sums: dict[GlobalMean, torch.Tensor] = {}
         self._weights: dict[GlobalMean, torch.Tensor] = {}
+        self._maxima: dict[GlobalMean, torch.Tensor] = {}
         self._share: torch.Tensor | None = None
         self._share_at: dict[tuple[int, int], torch.Tensor] = {}
 
@@ -59,6 +66,13 @@ class ContextRecorder:
 
     def _observe(self, site: GlobalMean, features: torch.Tensor) -> None:
         weights = self._weights_on(features)
+        if isinstance(site, GlobalMax):
+            counted = weights >= MAX_SHARE
+            peak = features.float().masked_fill(~counted, float("-inf")).amax(dim=(2, 3),
+                                                                                keepdim=True)
+            known = self._maxima.get(site)
+            self._maxima[site] = peak if known is None else torch.maximum(known, peak)
+            return
         weighted = (features.float() * weights).sum(dim=(2, 3), keepdim=True)
         total = weights.sum()
         if site in self._sums:
@@ -67,19 +81,22 @@ class ContextRecorder:
         else:
             self._sums[site], self._weights[site] = weighted, total
 
-    def means(self) -> dict[GlobalMean, torch.Tensor]:
-        """Image-wide mean per site that saw any pixels; [B,C,1,1] float32."""
-        return {site: self._sums[site] / self._weights[site].clamp_min(1e-12)
-                for site in self._sums}
+    def pooled(self) -> dict[GlobalMean, torch.Tensor]:
+        """Image-wide mean (or max, for a :class:`GlobalMax`) per site that saw any pixels;
+        [B,C,1,1] float32."""
+        means = {site: self._sums[site] / self._weights[site].clamp_min(1e-12)
+                 for site in self._sums}
+        return {**means, **self._maxima}
 
 
 @contextmanager
-def fixed_context(means: dict[GlobalMean, torch.Tensor]):
-    """Inside the block every site in ``means`` returns its recorded mean instead of pooling."""
+def fixed_context(pooled: dict[GlobalMean, torch.Tensor]):
+    """Inside the block every site in ``pooled`` returns its recorded value instead of
+    pooling."""
     try:
-        for site, mean in means.items():
-            site.fixed = mean
+        for site, value in pooled.items():
+            site.fixed = value
         yield
     finally:
-        for site in means:
+        for site in pooled:
             site.fixed = None

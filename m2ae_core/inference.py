@@ -111,7 +111,7 @@ def _check_tile_context(tile_context: str) -> None:
 
 
 def _record_image_context(model, run_tile, tile_inputs, tiles, h: int, w: int, step):
-    """Pass 1 of image-wide context: every pooling site's mean over the whole image."""
+    """Pass 1 of image-wide context: every pooling site's mean (or max) over the whole image."""
     total = torch.zeros(h, w)
     for t in tiles:
         total[t.slices] += blend_weight(t, h, w, DEFAULT_OVERLAP)
@@ -121,7 +121,7 @@ def _record_image_context(model, run_tile, tile_inputs, tiles, h: int, w: int, s
         with recorder.tile(share):
             run_tile(*tile_inputs(t))
         step()
-    return recorder.means()
+    return recorder.pooled()
 
 
 def _run(model, image, mask, threshold, tile, progress, tile_context: str = "image", *,
@@ -179,10 +179,10 @@ def _run(model, image, mask, threshold, tile, progress, tile_context: str = "ima
                         tile_mask = user_mask[item:item + 1, :, rows, cols].to(device)
                     return x, tile_mask
 
-                means = {}
+                pooled = {}
                 if two_pass:
-                    means = _record_image_context(model, restore_tile if restore else analyze_tile,
-                                                  tile_inputs, tiles, h, w, step)
+                    pooled = _record_image_context(model, restore_tile if restore else analyze_tile,
+                                                   tile_inputs, tiles, h, w, step)
                 maps = _Maps(torch.zeros(3, h, w), torch.zeros(h, w), torch.zeros(h, w),
                              torch.zeros(2, 2, h, w) if has_stages else None, torch.zeros(h, w))
                 for t in tiles:
@@ -192,12 +192,12 @@ def _run(model, image, mask, threshold, tile, progress, tile_context: str = "ima
                         else torch.ones(t.height, t.width)
                     maps.weight[rows, cols] += weight
                     if restore:
-                        with fixed_context(means):
+                        with fixed_context(pooled):
                             out = restore_tile(x, tile_mask)
                         maps.image[:, rows, cols] += out.image[0].float().cpu() * weight
                         stages = out.stages
                     else:
-                        with fixed_context(means):
+                        with fixed_context(pooled):
                             first = analyze_tile(x, tile_mask)
                         stages = [first] if first is not None else []
                     if stages:

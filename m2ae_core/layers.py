@@ -61,7 +61,7 @@ def simple_gate(x: torch.Tensor) -> torch.Tensor:
 class GlobalMean(nn.Module):
     """Mean over all pixels: [B,C,H,W] -> [B,C,1,1].
 
-    The network's only image-wide operation, so tiled inference hooks in here
+    The network's image-wide operation (with :class:`GlobalMax`), so tiled inference hooks in here
     (:mod:`.global_context`): ``observer`` sees every input, and a ``fixed`` mean, once set,
     is returned instead, so that every tile pools the whole image's context.
     """
@@ -79,7 +79,23 @@ class GlobalMean(nn.Module):
             return self.fixed.to(device=x.device, dtype=x.dtype)
         if self.observer is not None:
             self.observer(self, x)
+        return self.reduce(x)
+
+    @staticmethod
+    def reduce(x: torch.Tensor) -> torch.Tensor:
         return x.mean(dim=(2, 3), keepdim=True)
+
+
+class GlobalMax(GlobalMean):
+    """Max over all pixels: [B,C,H,W] -> [B,C,1,1]; same tiling hooks as :class:`GlobalMean`.
+
+    Evidence found anywhere counts: one sharp edge tells that the camera did not shake, which
+    a mean over a mostly smooth frame hides.
+    """
+
+    @staticmethod
+    def reduce(x: torch.Tensor) -> torch.Tensor:
+        return x.amax(dim=(2, 3), keepdim=True)
 
 
 class SimplifiedChannelAttention(nn.Sequential):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .deform import MotionDeformConv, deform_conv_rows
-from .layers import Conv1x1, GlobalMean, LayerNorm2d, NAFBlock, pixel_rows, simple_gate
+from .layers import Conv1x1, GlobalMax, GlobalMean, LayerNorm2d, NAFBlock, pixel_rows, simple_gate
 from .masked_conv import PrunePlan, masked_conv_dense, masked_gated_conv_pruned
 
 
@@ -26,14 +26,45 @@ class ContextUnit(nn.Module):
         return x + F.gelu(self.mix(self.spatial(self.norm(x))))
 
 
+class BlurEvidence(nn.Module):
+    """Image -> ``channels`` features at stride 4, for the mask predictors only.
+
+    The stage features the predictors read are shaped by restoration; this small stem looks
+    at the pixels themselves (3x3 at full resolution, then two stride-2 steps), about
+    1 kMAC per input pixel at 32 channels.
+    """
+
+    def __init__(self, channels: int, in_channels: int = 3) -> None:
+        super().__init__()
+        quarter, half = max(channels // 4, 1), max(channels // 2, 1)
+        self.layers = nn.Sequential(
+            nn.Conv2d(in_channels, quarter, 3, padding=1), nn.GELU(),
+            nn.Conv2d(quarter, half, 2, stride=2), nn.GELU(),
+            nn.Conv2d(half, half, 3, padding=1), nn.GELU(),
+            nn.Conv2d(half, channels, 2, stride=2))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.layers(image)
+
+    @staticmethod
+    def at_stride(evidence: torch.Tensor, stride: int) -> torch.Tensor:
+        """The stride-4 evidence average-pooled to a coarser stage grid."""
+        return F.avg_pool2d(evidence, stride // 4) if stride > 4 else evidence
+
+
 class MaskPredictor(nn.Module):
     """Per-pixel blur logits (channel 0 = blurred) with half the features pooled globally.
 
     ``context_units`` > 0 puts that many :class:`ContextUnit` (dilations 1, 2, 4, ...) in
     front, so each pixel's decision sees a neighbourhood (a blur streak), not one pixel.
+    ``global_max`` also pools the context half by its maximum, through a zero-initialised
+    projection (a model trained without it starts out unchanged). ``evidence_channels`` > 0
+    adds :class:`BlurEvidence` features to the input, through another zero-initialised
+    projection.
     """
 
-    def __init__(self, channels: int, context_units: int = 0) -> None:
+    def __init__(self, channels: int, context_units: int = 0, global_max: bool = False,
+                 evidence_channels: int = 0) -> None:
         super().__init__()
         c = channels
         self.context = nn.Sequential(*[ContextUnit(c, 2 ** i) for i in range(context_units)])
@@ -41,12 +72,25 @@ class MaskPredictor(nn.Module):
         self.mlp_out = nn.Sequential(Conv1x1(c, c // 2), nn.GELU(), Conv1x1(c // 2, c // 4),
                                      nn.GELU(), Conv1x1(c // 4, 2))
         self.pool = GlobalMean()
+        self.max_pool = GlobalMax() if global_max else None
+        self.max_proj = Conv1x1(c // 2, c // 2, bias=False) if global_max else None
+        self.evidence_proj = Conv1x1(evidence_channels, c, bias=False) if evidence_channels else None
+        for projection in (self.max_proj, self.evidence_proj):
+            if projection is not None:
+                nn.init.zeros_(projection.weight)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, evidence: torch.Tensor | None = None) -> torch.Tensor:
+        if self.evidence_proj is not None:
+            if evidence is None:
+                raise ValueError("this mask predictor needs the image's blur evidence")
+            features = features + self.evidence_proj(evidence)
         z = self.mlp_in(self.context(features))
         local, context = z.chunk(2, dim=1)
-        context = self.pool(context).expand_as(context)
-        return self.mlp_out(torch.cat((local, context), 1))
+        mean = self.pool(context).expand_as(context)
+        hidden = self.mlp_out[0](torch.cat((local, mean), 1))
+        if self.max_proj is not None:
+            hidden = hidden + self.max_proj(self.max_pool(context))
+        return self.mlp_out[1:](hidden)
 
 
 class MotionAnalyzer(nn.Conv2d):
@@ -192,29 +236,34 @@ class M2ASStage(nn.Module):
     """
 
     def __init__(self, channels: int, blocks: int, stage: int, gate_trajectory: bool = True,
-                 mask_context: int = 0) -> None:
+                 mask_context: int = 0, mask_global_max: bool = False,
+                 mask_evidence: int = 0) -> None:
         super().__init__()
         self.stage = stage
         self.gate_trajectory = gate_trajectory
         self.num_blocks = blocks
         for index in range(blocks):
             self.add_module(str(index), M2ASBlock(channels))
-        self.mask_predictor = MaskPredictor(channels, mask_context)
+        self.mask_predictor = MaskPredictor(channels, mask_context, mask_global_max,
+                                            mask_evidence)
         self.motion_analyzer = MotionAnalyzer(channels)
 
     def blocks(self):
         return [getattr(self, str(i)) for i in range(self.num_blocks)]
 
     def analyze(self, x: torch.Tensor, user_mask: torch.Tensor | None = None,
-                threshold: float = 0.5) -> StageOutput:
-        """The stage's decision from its input features: blur mask and (gated) trajectory."""
+                threshold: float = 0.5, evidence: torch.Tensor | None = None) -> StageOutput:
+        """The stage's decision from its input features (and the image's stride-4
+        :class:`BlurEvidence`, when the predictor takes it): blur mask and (gated) trajectory."""
         if user_mask is not None and not self.training:
             # A given mask replaces the prediction, so at inference the predictor is not run
             # (its estimate would go unused; ~1 % of the `paper` forward): the "probability"
             # is then the mask itself.
             logits, probability = None, user_mask.to(x.dtype)
         else:
-            logits = self.mask_predictor(x)
+            if evidence is not None:
+                evidence = BlurEvidence.at_stride(evidence, 2 ** self.stage)
+            logits = self.mask_predictor(x, evidence)
             probability = torch.softmax(logits, dim=1)[:, :1]
         if user_mask is not None:
             mask = user_mask if not self.training else user_mask.to(x.dtype)
@@ -233,10 +282,11 @@ class M2ASStage(nn.Module):
                            masked, masked, motion if self.training else None)
 
     def forward(self, x: torch.Tensor, user_mask: torch.Tensor | None = None,
-                threshold: float = 0.5, pruned: bool = False) -> tuple[torch.Tensor, StageOutput]:
+                threshold: float = 0.5, pruned: bool = False,
+                evidence: torch.Tensor | None = None) -> tuple[torch.Tensor, StageOutput]:
         if pruned and self.training:
             raise RuntimeError("pruned evaluation needs eval mode (a binary mask)")
-        info = self.analyze(x, user_mask, threshold)
+        info = self.analyze(x, user_mask, threshold, evidence)
         # Training samples the gated trajectory only on the mask too: same values as the dense
         # path; it drops only the gradient towards switching on unmasked pixels through the
         # trajectory (the mask-aware conv and L_mask still carry it), and saves ~1/3 of a step.

@@ -54,9 +54,11 @@ def m2as_block_macs(channels: int, pixels: int, masked: int | None = None,
 
 
 def stage_head_macs(channels: int, pixels: int, context_units: int = 0,
-                    predictor_runs: bool = True) -> int:
-    """Mask predictor (with its context units) + intra-motion analyzer of an M2AS stage.
-    ``predictor_runs`` False: the analyzer alone (inference with a given mask)."""
+                    predictor_runs: bool = True, global_max: bool = False,
+                    evidence_channels: int = 0) -> int:
+    """Mask predictor (with its context units, global max and evidence projection) +
+    intra-motion analyzer of an M2AS stage. ``predictor_runs`` False: the analyzer alone
+    (inference with a given mask)."""
     c = channels
     analyzer = conv_macs(pixels, c, 4, 3)
     if not predictor_runs:
@@ -65,7 +67,18 @@ def stage_head_macs(channels: int, pixels: int, context_units: int = 0,
     predictor = context + (2 * conv_macs(pixels, c, c) + pixels * (c // 2)  # global mean of half
                  + conv_macs(pixels, c, c // 2) + conv_macs(pixels, c // 2, c // 4)
                  + conv_macs(pixels, c // 4, 2))
+    if global_max:
+        predictor += pixels * (c // 2) + conv_macs(1, c // 2, c // 2, bias=False)
+    if evidence_channels:
+        predictor += conv_macs(pixels, evidence_channels, c, bias=False)
     return predictor + analyzer
+
+
+def evidence_macs(in_channels: int, channels: int, pixels: int) -> int:
+    """The :class:`~m2ae_core.m2as.BlurEvidence` stem over ``pixels`` (padded) input pixels."""
+    quarter, half = max(channels // 4, 1), max(channels // 2, 1)
+    return (conv_macs(pixels, in_channels, quarter, 3) + conv_macs(pixels // 4, quarter, half, 2)
+            + conv_macs(pixels // 4, half, half, 3) + conv_macs(pixels // 16, half, channels, 2))
 
 
 @dataclass
@@ -95,12 +108,17 @@ def count_macs(config: M2AEConfig, height: int, width: int,
     width_c = config.width
     total = conv_macs(pixels, config.in_channels, width_c, 3) \
         + conv_macs(pixels, width_c, config.in_channels, 3)
+    evidence = config.mask_evidence if not mask_given else 0
+    if evidence:
+        total += evidence_macs(config.in_channels, evidence, pixels)
     channels = width_c
     for stage, blocks in enumerate(config.enc_blocks):
         if stage in config.m2as_stages:
             counts = (stage_pixels or {}).get(stage)
             total += stage_head_macs(channels, pixels, config.mask_context,
-                                     predictor_runs=not mask_given)
+                                     not mask_given, config.mask_global_max, evidence)
+            if evidence and stage > 2:  # the stride-4 evidence average-pooled to this grid
+                total += (h * w // 16) * evidence
             for _ in range(blocks):
                 if counts is None:
                     total += m2as_block_macs(channels, pixels)

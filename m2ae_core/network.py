@@ -9,7 +9,7 @@ from torch import nn
 
 from .config import M2AEConfig, get_config
 from .layers import Conv1x1, NAFBlock
-from .m2as import M2ASStage, StageOutput
+from .m2as import BlurEvidence, M2ASStage, StageOutput
 
 
 @dataclass
@@ -39,11 +39,14 @@ class M2AENet(nn.Module):
         for stage, blocks in enumerate(config.enc_blocks):
             if stage in config.m2as_stages:
                 self.encoders.append(M2ASStage(channels, blocks, stage, config.gate_trajectory,
-                                               config.mask_context))
+                                               config.mask_context, config.mask_global_max,
+                                               config.mask_evidence))
             else:
                 self.encoders.append(nn.Sequential(*[NAFBlock(channels) for _ in range(blocks)]))
             self.downs.append(nn.Conv2d(channels, 2 * channels, 2, stride=2))
             channels *= 2
+        self.mask_evidence = (BlurEvidence(config.mask_evidence, config.in_channels)
+                              if config.mask_evidence else None)
         self.middle_blks = nn.Sequential(*[NAFBlock(channels) for _ in range(config.middle_blocks)])
         for blocks in reversed(config.dec_blocks):
             self.ups.append(nn.Sequential(Conv1x1(channels, 2 * channels, bias=False),
@@ -57,6 +60,13 @@ class M2AENet(nn.Module):
             return {}
         padded = pad_to_multiple(mask.to(image.dtype), self.config.pad_multiple)
         return {s: F.max_pool2d(padded, 2 ** s, 2 ** s) > 0.5 for s in self.config.m2as_stages}
+
+    def _evidence(self, padded: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
+        """Blur evidence for the mask predictors; not computed when a given mask replaces
+        their prediction at inference."""
+        if self.mask_evidence is None or (mask is not None and not self.training):
+            return None
+        return self.mask_evidence(padded)
 
     def _intro(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         padded = pad_to_multiple(image, self.config.pad_multiple)
@@ -72,10 +82,11 @@ class M2AENet(nn.Module):
         if not self.config.m2as_stages:
             return None
         stage_masks = self._stage_masks(image, mask)
-        _, x = self._intro(image)
+        padded, x = self._intro(image)
+        evidence = self._evidence(padded, mask)
         for encoder, down in zip(self.encoders, self.downs):
             if isinstance(encoder, M2ASStage):
-                return encoder.analyze(x, stage_masks.get(encoder.stage), threshold)
+                return encoder.analyze(x, stage_masks.get(encoder.stage), threshold, evidence)
             x = down(encoder(x))
         raise AssertionError("unreachable: config lists an M2AS stage")
 
@@ -94,10 +105,11 @@ class M2AENet(nn.Module):
         h, w = image.shape[-2:]
         stage_masks = self._stage_masks(image, mask)
         padded, x = self._intro(image)
+        evidence = self._evidence(padded, mask)
         skips, stages = [], []
         for encoder, down in zip(self.encoders, self.downs):
             if isinstance(encoder, M2ASStage):
-                x, info = encoder(x, stage_masks.get(encoder.stage), threshold, pruned)
+                x, info = encoder(x, stage_masks.get(encoder.stage), threshold, pruned, evidence)
                 stages.append(info)
                 if stages_only and len(stages) == len(self.config.m2as_stages):
                     return NetworkOutput(None, stages)

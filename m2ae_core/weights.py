@@ -117,10 +117,17 @@ _MIDDLE_BLOCK = re.compile(r"^middle_blks\.(\d+)\.")
 _DOWN = re.compile(r"^downs\.(\d+)\.weight$")
 _M2AS_KEY = re.compile(r"^encoders\.(\d+)\.(?:mask_predictor\.|motion_analyzer\.|\d+\.dconv\.)")
 _CONTEXT_UNIT = re.compile(r"^encoders\.\d+\.mask_predictor\.context\.(\d+)\.")
+_MAX_PROJ = re.compile(r"^encoders\.\d+\.mask_predictor\.max_proj\.")
+_EVIDENCE_OUT = "mask_evidence.layers.6.weight"  # the stem's last conv: [channels, ...]
 
 
 def _is_m2as_key(key: str) -> bool:
     return _M2AS_KEY.match(key) is not None
+
+
+def _evidence_channels(state_dict: dict[str, torch.Tensor]) -> int:
+    weight = state_dict.get(_EVIDENCE_OUT)
+    return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.dim() == 4 else 0
 
 
 def infer_config(state_dict: dict[str, torch.Tensor], name: str = "inferred") -> M2AEConfig:
@@ -171,6 +178,8 @@ def infer_config(state_dict: dict[str, torch.Tensor], name: str = "inferred") ->
                           middle_blocks=len(middle), dec_blocks=dec_blocks,
                           m2as_stages=tuple(sorted(m2as)), in_channels=in_channels,
                           trajectory_instants=taps, mask_context=len(context_units),
+                          mask_global_max=any(_MAX_PROJ.match(k) for k in state_dict),
+                          mask_evidence=_evidence_channels(state_dict),
                           name=name)
     except ConfigError as exc:
         raise WeightsError(f"could not infer an M2AENet config from the state dict: {exc}; "

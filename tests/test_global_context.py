@@ -7,7 +7,7 @@ from torch import nn
 from conftest import randomize_
 from m2ae_core import build_model, deblur
 from m2ae_core.global_context import ContextRecorder, fixed_context, pooling_sites
-from m2ae_core.layers import GlobalMean
+from m2ae_core.layers import GlobalMax, GlobalMean
 from m2ae_core.tiling import DEFAULT_OVERLAP, blend_weight, tile_grid
 
 
@@ -21,6 +21,15 @@ class PointwiseThenPool(nn.Module):
 
     def forward(self, x):
         return self.pool(x * x + 1)
+
+
+class PointwiseThenMax(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = GlobalMax()
+
+    def forward(self, x):
+        return self.pool(x * x - 1)
 
 
 def shares(tiles, h, w):
@@ -55,9 +64,37 @@ def test_recorded_mean_over_tiles_equals_the_image_mean(h, w, tile):
         with recorder.tile(share):
             local = net(image[:, :, t.slices[0], t.slices[1]])
         assert not torch.allclose(local, net(image), atol=1e-3)  # a tile alone is off
-    means = recorder.means()
+    means = recorder.pooled()
     assert torch.allclose(means[net.pool], net(image), atol=1e-5)
     assert net.pool.observer is None  # observers removed after each tile
+
+
+def test_recorded_max_over_tiles_equals_the_image_max():
+    h, w = 150, 230
+    net = PointwiseThenMax()
+    image = torch.rand(2, 3, h, w)
+    image[1, 2, 149, 229] = 3.0  # the peak sits in the corner of the last tile
+    tiles = tile_grid(h, w, 96)
+    recorder = ContextRecorder(net, pad_multiple=1)
+    for t, share in zip(tiles, shares(tiles, h, w)):
+        with recorder.tile(share):
+            net(image[:, :, t.slices[0], t.slices[1]])
+    assert torch.equal(recorder.pooled()[net.pool], net(image))
+    assert recorder.pooled()[net.pool][1, 2].item() == 8.0
+
+
+def test_recorded_max_ignores_padding_and_tile_edges():
+    net = PointwiseThenMax()
+    padded = torch.full((1, 1, 32, 48), 5.0)  # padding far above the image's values
+    padded[..., :30, :40] = torch.rand(1, 1, 30, 40)
+    share = torch.ones(30, 40)
+    share[:, -2:] = 0.1  # a tile edge that another tile covers better
+    padded[..., 5, 39] = 4.0
+    recorder = ContextRecorder(net, pad_multiple=16)
+    with recorder.tile(share):
+        net(padded)
+    expected = net(padded[..., :30, :38])
+    assert torch.equal(recorder.pooled()[net.pool], expected) and expected.item() < 0
 
 
 def test_recorded_mean_ignores_the_padding_the_network_adds():
@@ -67,7 +104,7 @@ def test_recorded_mean_ignores_the_padding_the_network_adds():
     recorder = ContextRecorder(net, pad_multiple=16)
     with recorder.tile(torch.ones(30, 40)):
         net(padded)
-    assert torch.allclose(recorder.means()[net.pool], net(padded[..., :30, :40]), atol=1e-6)
+    assert torch.allclose(recorder.pooled()[net.pool], net(padded[..., :30, :40]), atol=1e-6)
 
 
 def test_fixed_context_is_undone_even_on_error():

@@ -193,6 +193,33 @@ def test_mask_context_heads_train_alone(straight_run, photos, tmp_path, monkeypa
         train(load_config(_write_yaml(tmp_path / "cfg2.yaml", cfg)))
 
 
+def test_global_max_and_evidence_heads_start_fresh_and_train(straight_run, photos, tmp_path):
+    init = straight_run / "final.safetensors"
+    cfg = _tiny_config(photos, tmp_path / "run", steps=2, val_every=0)
+    cfg["model"].update(init_weights=str(init), trainable=["mask_predictor", "mask_evidence"])
+    cfg["model"]["overrides"].update(mask_global_max=True, mask_evidence=8)
+    cfg["loss"] = {"l1_weight": 0.0, "ssim_weight": 0.0, "fft_weight": 0.0,
+                   "offset_weight": 0.0, "mask_weight": 1.0}
+    train(load_config(_write_yaml(tmp_path / "cfg.yaml", cfg)))
+    from safetensors.torch import load_file
+
+    start, after = load_file(init), load_file(tmp_path / "run" / "final.safetensors")
+    added = set(after) - set(start)
+    assert {k for k in added if "max_proj" in k} and {k for k in added if "evidence_proj" in k}
+    assert {k for k in added if k.startswith("mask_evidence.")}
+    assert all(".max_proj." in k or ".evidence_proj." in k or k.startswith("mask_evidence.")
+               for k in added)
+    # the zero-initialised projections moved: the new parts are trained, not just carried
+    assert all(after[k].abs().sum() > 0 for k in added if k.endswith("_proj.weight"))
+    assert all(torch.equal(start[k], after[k]) for k in start if "mask_predictor" not in k)
+    # weights with a stem cannot start a model with a different stem
+    cfg["out_dir"] = str(tmp_path / "run2")
+    cfg["model"]["init_weights"] = str(tmp_path / "run" / "final.safetensors")
+    cfg["model"]["overrides"]["mask_evidence"] = 4
+    with pytest.raises(M2AEError, match="mask_evidence"):
+        train(load_config(_write_yaml(tmp_path / "cfg2.yaml", cfg)))
+
+
 def test_exact_resume_is_bitwise(straight_run, photos, tmp_path):
     cfg = _write_yaml(tmp_path / "cfg.yaml", _tiny_config(photos, tmp_path / "run"))
     assert main(["--config", str(cfg), "--stop-at", "3"]) == 0

@@ -188,6 +188,8 @@ def test_infer_config_reads_m2as_stages(tmp_path):
     assert W.infer_config(build_model("paper").state_dict()) == PRESETS["paper"]
     context = build_model("small", width=8, mask_context=3)
     assert W.infer_config(context.state_dict()) == context.config
+    heads = build_model("small", width=8, mask_context=1, mask_global_max=True, mask_evidence=12)
+    assert W.infer_config(heads.state_dict()) == heads.config
     _assert_same_state(W.load_model(path).state_dict(), model.state_dict())
 
 

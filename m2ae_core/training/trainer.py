@@ -295,18 +295,27 @@ def _choose_trainable(model: torch.nn.Module, trainable, frozen) -> None:
 
 def _load_initial_weights(model: torch.nn.Module, source: str) -> list[str]:
     """Copy trained weights into a fresh model (fine-tuning); the architectures must match,
-    except that the configured model may add mask-context units (they keep their fresh
-    initialisation). Returns the names of the parameters left fresh."""
+    except that the configured model may add to the mask predictors (context units, global
+    max, blur evidence); those parts keep their fresh initialisation. Returns the names of the parameters
+    left fresh."""
     from ..weights import load_model
 
     trained = load_model(source, device="cpu")
-    same_but_context = dataclasses.replace(trained.config, mask_context=model.config.mask_context)
-    if same_but_context != model.config or trained.config.mask_context > model.config.mask_context:
+    ours = model.config
+    theirs = trained.config
+    same_but_heads = dataclasses.replace(theirs, mask_context=ours.mask_context,
+                                         mask_global_max=ours.mask_global_max,
+                                         mask_evidence=ours.mask_evidence)
+    if (same_but_heads != ours or theirs.mask_context > ours.mask_context
+            or theirs.mask_global_max > ours.mask_global_max
+            or theirs.mask_evidence not in (0, ours.mask_evidence)):
         raise M2AEError(f"model.init_weights {source!r} holds a different architecture "
-                        f"({trained.config}) than the configured model ({model.config}); only "
-                        "more mask_context units may be added")
+                        f"({theirs}) than the configured model ({ours}); only more "
+                        "mask_context units, mask_global_max or mask_evidence may be added")
     missing, unexpected = model.load_state_dict(trained.state_dict(), strict=False)
-    fresh = [name for name in missing if ".mask_predictor.context." in name]
+    fresh_parts = (".mask_predictor.context.", ".mask_predictor.max_proj.",
+                   ".mask_predictor.evidence_proj.", "mask_evidence.")
+    fresh = [name for name in missing if any(part in name for part in fresh_parts)]
     if unexpected or len(fresh) != len(missing):
         raise M2AEError(f"model.init_weights {source!r}: parameters do not match "
                         f"(missing {sorted(set(missing) - set(fresh))}, unexpected {unexpected})")
@@ -370,7 +379,7 @@ def _train(config: TrainConfig, world: int, rank: int, device: torch.device) -> 
         if config.model.init_weights:
             fresh = _load_initial_weights(model, config.model.init_weights)
             if fresh and main_rank:
-                print(f"init_weights: {len(fresh)} new mask-context tensors start fresh",
+                print(f"init_weights: {len(fresh)} new mask-head tensors start fresh",
                       flush=True)
         _seed_all(config.seed * 1009 + rank)  # ranks differ in their Gumbel noise
     # Make the scheduler use the (possibly changed) total step count from here on.
