@@ -141,8 +141,10 @@ def test_image_context_brings_tiles_close_to_the_untiled_result():
     assert all(site.fixed is None and site.observer is None for site in pooling_sites(model))
 
 
-def test_analyze_with_image_context_and_bad_context_name():
-    model = randomize_(build_model("small", width=8), seed=5).eval()
+@pytest.mark.parametrize("heads", [{}, {"mask_global_max": True}])
+def test_analyze_with_image_context_and_bad_context_name(heads):
+    # with a global max, the tiles also share the image's max
+    model = randomize_(build_model("small", width=8, **heads), seed=5).eval()
     # not stationary (a noise image would give every tile the image's statistics): a ramp on
     # the top half, black below
     ramp = np.linspace(0, 255, 200)[None, :, None] * np.ones((160, 1, 3))
