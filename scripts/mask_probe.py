@@ -79,8 +79,10 @@ def bench_scores(net: ProbeNet, dataset) -> dict:
 
 
 def train_probe(photos, bench, steps: int, eval_at, seed: int = 5, batch: int = 4,
-                lr: float = 1e-3, crop: int = 256, global_prob: float = 0.2, log=print) -> list:
-    """Train from scratch; returns ``[{"step", "seconds", **bench_scores}]`` at ``eval_at``."""
+                lr: float = 1e-3, crop: int = 256, global_prob: float = 0.2,
+                log=print) -> tuple[ProbeNet, list]:
+    """Train from scratch; returns the net and ``[{"step", "seconds", **bench_scores}]`` at
+    ``eval_at``."""
     from m2ae_core.training.datasets import SampleStream, StreamSettings, collate
     from m2ae_core.training.losses import mask_cross_entropy, to_stage_grid
 
@@ -109,7 +111,7 @@ def train_probe(photos, bench, steps: int, eval_at, seed: int = 5, batch: int = 
             results.append({"step": step, "seconds": round(time.perf_counter() - started, 1),
                             **scores})
             log(json.dumps(results[-1]))
-    return results
+    return net, results
 
 
 def report(results, command: str) -> str:
@@ -133,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--crop", type=int, default=256, help="training crop (renders 1.5x)")
     parser.add_argument("--out", default=None, help="folder for results.json / results.md")
+    parser.add_argument("--save", default=None,
+                        help="also write the trained net's weights here (.safetensors)")
     args = parser.parse_args(argv)
     eval_at = sorted(set(args.eval_at or [args.steps]))
     if args.steps < 1 or not all(1 <= s <= args.steps for s in eval_at):
@@ -140,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     from m2ae_core.errors import M2AEError
 
     try:
-        results = train_probe(args.photos, args.bench, args.steps, eval_at, args.seed,
-                              crop=args.crop, log=lambda text: print(text, flush=True))
+        net, results = train_probe(args.photos, args.bench, args.steps, eval_at, args.seed,
+                                   crop=args.crop, log=lambda text: print(text, flush=True))
     except (M2AEError, ValueError, OSError) as error:
         print(f"mask_probe: {error}", file=sys.stderr)
         return 2
@@ -154,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
         (out / "results.json").write_text(json.dumps({"command": command, "results": results},
                                                      indent=1))
         (out / "results.md").write_text(text)
+    if args.save:
+        from safetensors.torch import save_file
+
+        Path(args.save).parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, args.save)
     return 0
 
 

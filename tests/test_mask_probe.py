@@ -63,8 +63,14 @@ def test_a_short_run_trains_and_reports(photos, tmp_path):
     bench = _bench(tmp_path / "bench")
     out = tmp_path / "out"
     assert script.main(["--photos", str(photos), "--bench", str(bench), "--steps", "2",
-                        "--eval-at", "1", "2", "--crop", "48", "--out", str(out)]) == 0
+                        "--eval-at", "1", "2", "--crop", "48", "--out", str(out),
+                        "--save", str(out / "probe.safetensors")]) == 0
     text = (out / "results.md").read_text()
+    from safetensors.torch import load_file
+
+    saved = script.ProbeNet()
+    saved.load_state_dict(load_file(out / "probe.safetensors"))
+    assert not torch.equal(saved.head.max_proj.weight, torch.zeros_like(saved.head.max_proj.weight))
     assert "| 1 |" in text and "| 2 |" in text
     assert script.main(["--photos", str(photos), "--bench", str(tmp_path / "none"),
                         "--steps", "1", "--crop", "48"]) == 2
