@@ -80,14 +80,14 @@ def bench_scores(net: ProbeNet, dataset) -> dict:
 
 def train_probe(photos, bench, steps: int, eval_at, seed: int = 5, batch: int = 4,
                 lr: float = 1e-3, crop: int = 256, global_prob: float = 0.2,
-                log=print) -> tuple[ProbeNet, list]:
+                channels: int = 32, log=print) -> tuple[ProbeNet, list]:
     """Train from scratch; returns the net and ``[{"step", "seconds", **bench_scores}]`` at
     ``eval_at``."""
     from m2ae_core.training.datasets import SampleStream, StreamSettings, collate
     from m2ae_core.training.losses import mask_cross_entropy, to_stage_grid
 
     torch.manual_seed(seed)
-    net = ProbeNet()
+    net = ProbeNet(channels)
     stream = SampleStream(StreamSettings(seed=seed, crop=crop, render_scale=1.5,
                                          photos=str(photos), global_prob=global_prob))
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, betas=(0.9, 0.9), weight_decay=1e-3)
@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-at", type=int, nargs="+", default=None)
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--crop", type=int, default=256, help="training crop (renders 1.5x)")
+    parser.add_argument("--channels", type=int, default=32, help="width of stem and head")
     parser.add_argument("--out", default=None, help="folder for results.json / results.md")
     parser.add_argument("--save", default=None,
                         help="also write the trained net's weights here (.safetensors)")
@@ -141,11 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     eval_at = sorted(set(args.eval_at or [args.steps]))
     if args.steps < 1 or not all(1 <= s <= args.steps for s in eval_at):
         parser.error("--steps must be >= 1 and every --eval-at step within 1..steps")
+    if args.channels < 4 or args.channels % 4:
+        parser.error("--channels must be a positive multiple of 4")
     from m2ae_core.errors import M2AEError
 
     try:
         net, results = train_probe(args.photos, args.bench, args.steps, eval_at, args.seed,
-                                   crop=args.crop, log=lambda text: print(text, flush=True))
+                                   crop=args.crop, channels=args.channels,
+                                   log=lambda text: print(text, flush=True))
     except (M2AEError, ValueError, OSError) as error:
         print(f"mask_probe: {error}", file=sys.stderr)
         return 2

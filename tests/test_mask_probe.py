@@ -64,16 +64,16 @@ def test_a_short_run_trains_and_reports(photos, tmp_path):
     out = tmp_path / "out"
     assert script.main(["--photos", str(photos), "--bench", str(bench), "--steps", "2",
                         "--eval-at", "1", "2", "--crop", "48", "--out", str(out),
-                        "--save", str(out / "probe.safetensors")]) == 0
+                        "--save", str(out / "probe.safetensors"), "--channels", "16"]) == 0
     text = (out / "results.md").read_text()
     from safetensors.torch import load_file
 
-    saved = script.ProbeNet()
+    saved = script.ProbeNet(16)
     saved.load_state_dict(load_file(out / "probe.safetensors"))
     assert not torch.equal(saved.head.max_proj.weight, torch.zeros_like(saved.head.max_proj.weight))
     assert "| 1 |" in text and "| 2 |" in text
     assert script.main(["--photos", str(photos), "--bench", str(tmp_path / "none"),
                         "--steps", "1", "--crop", "48"]) == 2
-    with pytest.raises(SystemExit):
-        script.main(["--photos", str(photos), "--bench", str(bench), "--steps", "2",
-                     "--eval-at", "3"])
+    for bad in (["--eval-at", "3"], ["--channels", "6"]):
+        with pytest.raises(SystemExit):
+            script.main(["--photos", str(photos), "--bench", str(bench), "--steps", "2", *bad])
