@@ -74,7 +74,8 @@ class MaskPredictor(nn.Module):
         self.pool = GlobalMean()
         self.max_pool = GlobalMax() if global_max else None
         self.max_proj = Conv1x1(c // 2, c // 2, bias=False) if global_max else None
-        self.evidence_proj = Conv1x1(evidence_channels, c, bias=False) if evidence_channels else None
+        self.evidence_proj = (Conv1x1(evidence_channels, c, bias=False) if evidence_channels
+                              else None)
         for projection in (self.max_proj, self.evidence_proj):
             if projection is not None:
                 nn.init.zeros_(projection.weight)

@@ -118,7 +118,7 @@ _DOWN = re.compile(r"^downs\.(\d+)\.weight$")
 _M2AS_KEY = re.compile(r"^encoders\.(\d+)\.(?:mask_predictor\.|motion_analyzer\.|\d+\.dconv\.)")
 _CONTEXT_UNIT = re.compile(r"^encoders\.\d+\.mask_predictor\.context\.(\d+)\.")
 _MAX_PROJ = re.compile(r"^encoders\.\d+\.mask_predictor\.max_proj\.")
-_EVIDENCE_OUT = "mask_evidence.layers.6.weight"  # the stem's last conv: [channels, ...]
+_EVIDENCE_CONV = re.compile(r"^mask_evidence\.layers\.(\d+)\.weight$")
 
 
 def _is_m2as_key(key: str) -> bool:
@@ -126,8 +126,10 @@ def _is_m2as_key(key: str) -> bool:
 
 
 def _evidence_channels(state_dict: dict[str, torch.Tensor]) -> int:
-    weight = state_dict.get(_EVIDENCE_OUT)
-    return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.dim() == 4 else 0
+    """Output channels of the blur-evidence stem's last conv (0: no stem)."""
+    convs = {int(m.group(1)): v for k, v in state_dict.items() if (m := _EVIDENCE_CONV.match(k))}
+    last = convs[max(convs)] if convs else None
+    return int(last.shape[0]) if isinstance(last, torch.Tensor) and last.dim() == 4 else 0
 
 
 def infer_config(state_dict: dict[str, torch.Tensor], name: str = "inferred") -> M2AEConfig:

@@ -296,8 +296,8 @@ def _choose_trainable(model: torch.nn.Module, trainable, frozen) -> None:
 def _load_initial_weights(model: torch.nn.Module, source: str) -> list[str]:
     """Copy trained weights into a fresh model (fine-tuning); the architectures must match,
     except that the configured model may add to the mask predictors (context units, global
-    max, blur evidence); those parts keep their fresh initialisation. Returns the names of the parameters
-    left fresh."""
+    max, blur evidence); those parts keep their fresh initialisation. Returns the names of
+    the parameters left fresh."""
     from ..weights import load_model
 
     trained = load_model(source, device="cpu")
