@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -14,11 +15,18 @@ from PIL import Image
 from m2ae_core.data import bench
 from m2ae_core.data.synthetic import (
     COVERAGE_EPS, MOTION_EPS_PX, Motion, SceneObject, SynthParams, SyntheticBlurDataset,
-    SyntheticBlurSource, linear_to_srgb, read_sample, render_sample, render_scene,
-    srgb_to_linear, write_dataset)
+    SyntheticBlurSource, defocus, disc_kernel, linear_to_srgb, random_focus_falloff,
+    read_sample, render_sample, render_scene, srgb_to_linear, write_dataset)
 from m2ae_core.errors import ConfigError
 
 PHOTOS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "photos"
+
+FROZEN_BENCH_DIGESTS = (
+    "8b46be460ed64cd2eb69800e1a2f30822a86aab63546649893da0f196031b265",
+    "45bcd414b4bad296705023df7378db80470ede86f70ea4954cc57654fd656304",
+    "ad1f8c77167d8bee38de81aa1c48ee4330425ef6740cbbfbd2123021de7c34d0",
+    "0945ac7122f710b8bc06a2e78b2521cdc52d3ce2d3fce93309425af010c3fda9",
+)
 
 # No augmentation: blur is exactly the rendered mean.
 CLEAN = dict(noise_prob=0.0, jpeg_prob=0.0)
@@ -172,6 +180,69 @@ def test_zero_motion_gives_identical_images_and_empty_mask():
     assert torch.equal(g.blur, g.sharp) and g.mask.all() and not g.trajectory.any()
 
 
+# ----------------------------------------------------------------------------- defocus
+def test_disc_kernel_and_defocus_in_linear_light():
+    kernel = disc_kernel(3.0)
+    assert kernel.shape == (7, 7) and torch.isclose(kernel.sum(), torch.tensor(1.0))
+    assert kernel[3, 3] > 0 and kernel[3, 0] > 0 and kernel[0, 0] == 0  # a disc, not a box
+    grey = torch.full((3, 20, 20), 0.3)
+    assert torch.allclose(defocus(grey, 4.0), grey, atol=1e-6)
+    # a point of light spreads over the disc with its energy kept, in linear light
+    point = torch.zeros(3, 21, 21)
+    point[:, 10, 10] = 1.0
+    spread = srgb_to_linear(defocus(point, 3.0))
+    assert torch.allclose(spread.sum((1, 2)), torch.ones(3), atol=1e-4)
+    assert spread[0, 10, 13] > 0 and spread[0, 10, 15] == 0 and spread[0, 12, 12] > 0
+
+
+def test_focus_falloff_is_whole_or_a_soft_ramp():
+    kinds = set()
+    for seed in range(12):
+        falloff, info = random_focus_falloff(np.random.default_rng(seed), 30, 40)
+        assert falloff.shape == (1, 30, 40) and 0 <= falloff.min() <= falloff.max() <= 1
+        kinds.add(info["whole"])
+        if info["whole"]:
+            assert falloff.min() == 1
+        else:  # in focus somewhere, out of focus elsewhere
+            assert falloff.min() == 0 and falloff.max() == 1
+    assert kinds == {True, False}
+
+
+def test_defocused_background_is_static_and_leaves_objects_alone():
+    bg, fgs, params = _scene(3, objects=(2, 2), motion_length=(6.0, 12.0))
+    sharp_bg = render_sample(bg, fgs, params, np.random.default_rng(3), is_global=False)
+    soft = render_sample(bg, fgs, params.replace(defocus_prob=1.0),
+                         np.random.default_rng(3), is_global=False)
+    assert "defocus" in soft.meta and "defocus" not in sharp_bg.meta
+    assert soft.meta["objects"] == sharp_bg.meta["objects"]
+    assert torch.equal(soft.mask, sharp_bg.mask) and soft.mask.any()
+    assert torch.equal(soft.trajectory, sharp_bg.trajectory)
+    # only the background changed, and it got softer
+    background = ~soft.mask
+    assert (soft.sharp - sharp_bg.sharp).abs().amax(0)[background].max() > 0.02
+
+    def edge_energy(img):
+        return (img[:, :, 1:] - img[:, :, :-1]).abs().mean()
+    assert edge_energy(soft.sharp) < edge_energy(sharp_bg.sharp)
+    # a defocused background is sharp content: without motion, blur == sharp, mask empty
+    _, _, still = _scene(3, motion_length=(0.0, 0.0), rotation_deg=0.0, scale_change=0.0,
+                         defocus_prob=1.0)
+    s = render_sample(bg, fgs, still, np.random.default_rng(3), is_global=False)
+    assert "defocus" in s.meta and torch.equal(s.blur, s.sharp) and not s.mask.any()
+
+
+def test_defocus_off_ignores_its_radius_and_global_samples_ignore_it():
+    bg, fgs, params = _scene(4)
+    for is_global in (False, True):
+        a = render_sample(bg, fgs, params, np.random.default_rng(4), is_global=is_global)
+        b = render_sample(bg, fgs, params.replace(defocus_prob=0.0, defocus_radius=(9, 9)),
+                          np.random.default_rng(4), is_global=is_global)
+        assert torch.equal(a.blur, b.blur) and torch.equal(a.sharp, b.sharp)
+    g = render_sample(bg, fgs, params.replace(defocus_prob=1.0), np.random.default_rng(4),
+                      is_global=True)
+    assert "defocus" not in g.meta
+
+
 def test_global_sample_mask_all_ones_and_camera_trajectory():
     bg, fgs, params = _scene(11, global_rotation_deg=0.0, global_motion_length=(10.0, 12.0))
     s = render_sample(bg, fgs, params, np.random.default_rng(11), is_global=True)
@@ -292,6 +363,10 @@ def test_params_validation_and_round_trip():
         SynthParams(subframes=13)
     with pytest.raises(ConfigError):
         SynthParams(objects=(0, 2))
+    with pytest.raises(ConfigError, match="defocus_prob"):
+        SynthParams(defocus_prob=1.5)
+    with pytest.raises(ConfigError, match="defocus_radius"):
+        SynthParams(defocus_radius=(4, 2))
     p = SynthParams(size=[64, 96], motion_length=[1, 2])
     assert p.size == (64, 96) and SynthParams.from_dict(json.loads(json.dumps(p.to_dict()))) == p
 
@@ -357,6 +432,15 @@ def test_bench_regeneration_is_byte_identical(tmp_path):
     assert files_a == files_b and len(files_a) == 4 * 4 + 1
     for rel in files_a:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    # and the pixels are those of the frozen benchmark every result so far was measured on
+    # (sha256 of the decoded blur, sharp and mask arrays, taken on 2026-11-29; a generator
+    # change that alters them must come with a new benchmark and re-measured results)
+    for i, digest in enumerate(FROZEN_BENCH_DIGESTS):
+        pixels = hashlib.sha256()
+        for kind in ("blur", "sharp", "mask"):
+            with Image.open(tmp_path / "a" / kind / f"{i:04d}.png") as im:
+                pixels.update(np.asarray(im).tobytes())
+        assert pixels.hexdigest() == digest, f"benchmark sample {i:04d} changed"
     held = set(bench.HELD_OUT_PHOTOS)
     assert [r["is_global"] for r in m1["samples"]] == [False, False, False, True]
     for r in m1["samples"]:

@@ -117,7 +117,9 @@ class SynthParams:
     upscaled). ``global_every > 0`` makes index ``i`` global iff
     ``i % global_every == global_every - 1`` (exact proportions for a benchmark); otherwise
     a sample is global with probability ``global_prob``. Noise sigma is in sRGB units
-    (0..1); noise and JPEG touch the blurred image only.
+    (0..1); noise and JPEG touch the blurred image only. ``defocus_prob`` is the share of
+    local samples whose static background is put out of focus (a disc of
+    ``defocus_radius`` px, over the whole frame or one side of a soft focal ramp).
     """
 
     size: tuple[int, int] = (256, 256)
@@ -138,6 +140,8 @@ class SynthParams:
     noise_sigma: tuple[float, float] = (0.002, 0.012)
     jpeg_prob: float = 0.5
     jpeg_quality: tuple[int, int] = (75, 95)
+    defocus_prob: float = 0.0
+    defocus_radius: tuple[float, float] = (1.5, 6.0)
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -146,10 +150,10 @@ class SynthParams:
             set_("objects", _pair(self.objects, int))
             set_("jpeg_quality", _pair(self.jpeg_quality, int))
             for name in ("object_size", "feather", "motion_length", "global_motion_length",
-                         "crop_zoom", "noise_sigma"):
+                         "crop_zoom", "noise_sigma", "defocus_radius"):
                 set_(name, _pair(getattr(self, name)))
             for name in ("curvature", "rotation_deg", "scale_change", "global_prob",
-                         "global_rotation_deg", "noise_prob", "jpeg_prob"):
+                         "global_rotation_deg", "noise_prob", "jpeg_prob", "defocus_prob"):
                 set_(name, float(getattr(self, name)))
             set_("subframes", int(self.subframes))
             set_("global_every", int(self.global_every))
@@ -162,7 +166,7 @@ class SynthParams:
         if self.subframes < 15 or self.subframes % 2 == 0:
             raise ConfigError(f"subframes must be odd and >= 15, got {self.subframes}")
         for name in ("object_size", "feather", "motion_length", "global_motion_length",
-                     "crop_zoom", "noise_sigma", "jpeg_quality"):
+                     "crop_zoom", "noise_sigma", "jpeg_quality", "defocus_radius"):
             lo, hi = getattr(self, name)
             if not 0 <= lo <= hi:
                 raise ConfigError(f"{name} must be a range 0 <= lo <= hi, got {(lo, hi)}")
@@ -172,7 +176,7 @@ class SynthParams:
             raise ConfigError("feather and crop_zoom must be positive")
         if not 1 <= self.jpeg_quality[0] <= self.jpeg_quality[1] <= 100:
             raise ConfigError(f"jpeg_quality must lie in 1..100, got {self.jpeg_quality}")
-        for name in ("global_prob", "noise_prob", "jpeg_prob"):
+        for name in ("global_prob", "noise_prob", "jpeg_prob", "defocus_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be a probability, got {getattr(self, name)}")
         if min(self.curvature, self.rotation_deg, self.scale_change,
@@ -653,6 +657,56 @@ def _composite_object(obj, k, region, times, frames, alphas, motion_px, obj_traj
 # --------------------------------------------------------------------------------------
 # random scenes
 # --------------------------------------------------------------------------------------
+def disc_kernel(radius: float) -> torch.Tensor:
+    """A normalised disc of ``radius`` px (a lens's defocus spread), edge anti-aliased."""
+    half = max(1, math.ceil(radius))
+    r = torch.arange(-half, half + 1, dtype=torch.float32)
+    distance = torch.sqrt(r[:, None] ** 2 + r[None, :] ** 2)
+    kernel = (radius + 0.5 - distance).clamp(0.0, 1.0)
+    return kernel / kernel.sum()
+
+
+def defocus(image: torch.Tensor, radius: float) -> torch.Tensor:
+    """Lens defocus of an sRGB ``[3,H,W]`` image: a disc blur in linear light."""
+    kernel = disc_kernel(radius)
+    pad = kernel.shape[-1] // 2
+    linear = F.pad(srgb_to_linear(image)[:, None], (pad,) * 4, mode="replicate")
+    return linear_to_srgb(F.conv2d(linear, kernel[None, None])[:, 0]).clamp(0.0, 1.0)
+
+
+def random_focus_falloff(rng: np.random.Generator, height: int, width: int
+                         ) -> tuple[torch.Tensor, dict]:
+    """How far out of focus each pixel is, 0..1 ``[1,H,W]``: the whole frame, or a soft
+    ramp across a random direction (a focal plane crossing the scene)."""
+    whole = rng.random() < 0.5
+    angle, centre, softness = rng.uniform(0, 2 * math.pi), rng.uniform(0.25, 0.75), \
+        rng.uniform(0.05, 0.4)
+    info = {"whole": bool(whole)}
+    if whole:
+        return torch.ones(1, height, width), info
+    cos, sin = math.cos(angle), math.sin(angle)
+    ys = torch.linspace(-0.5, 0.5, height)[:, None]
+    xs = torch.linspace(-0.5, 0.5, width)[None, :]
+    along = (xs * cos + ys * sin) / (abs(cos) + abs(sin)) + 0.5  # 0..1 across the frame
+    info.update(angle_deg=round(math.degrees(angle), 2), centre=round(float(centre), 4),
+                softness=round(float(softness), 4))
+    return ((along - centre) / softness + 0.5).clamp(0.0, 1.0)[None], info
+
+
+def defocus_background(background: torch.Tensor, params: SynthParams,
+                       rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
+    """Put part or all of a static background out of focus.
+
+    Why: real photos have soft, sharp-but-defocused backgrounds that a mask predictor
+    trained on crisp backgrounds takes for motion blur. Defocus is static, so the mask rule
+    is untouched: these pixels stay unmasked and equal in the blurred and sharp images."""
+    radius = rng.uniform(*params.defocus_radius)
+    falloff, info = random_focus_falloff(rng, *background.shape[-2:])
+    soft = defocus(background, radius)
+    info["radius"] = round(float(radius), 4)
+    return (background + falloff * (soft - background)).contiguous(), info
+
+
 def augment_blur(blur: torch.Tensor, params: SynthParams,
                  rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
     """Mild Gaussian noise, then a JPEG round trip, on the blurred image only."""
@@ -721,6 +775,10 @@ def render_sample(background, foregrounds: Sequence, params: SynthParams,
             obj_meta.append({"photo": photo_index, "top_left": list(top_left),
                              "box": [h, w], "feather": round(float(feather), 4),
                              "motion": motion.to_dict()})
+        # Drawn after the objects, and not at all at probability 0, so the objects (and the
+        # benchmark) do not depend on it.
+        if params.defocus_prob > 0 and rng.random() < params.defocus_prob:
+            bg, meta["defocus"] = defocus_background(bg, params, rng)
         sample = render_scene(bg, objects, subframes=params.subframes,
                               return_subframes=return_subframes)
         meta["objects"] = obj_meta
