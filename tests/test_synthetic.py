@@ -206,6 +206,10 @@ def test_focus_falloff_is_whole_or_a_soft_ramp():
         else:  # in focus somewhere, out of focus elsewhere
             assert falloff.min() == 0 and falloff.max() == 1
     assert kinds == {True, False}
+    for whole_prob in (0.0, 1.0):
+        for seed in range(6):
+            _, info = random_focus_falloff(np.random.default_rng(seed), 8, 8, whole_prob)
+            assert info["whole"] == bool(whole_prob)
 
 
 def test_defocused_background_is_static_and_leaves_objects_alone():
@@ -229,6 +233,10 @@ def test_defocused_background_is_static_and_leaves_objects_alone():
                          defocus_prob=1.0)
     s = render_sample(bg, fgs, still, np.random.default_rng(3), is_global=False)
     assert "defocus" in s.meta and torch.equal(s.blur, s.sharp) and not s.mask.any()
+    for whole_prob in (0.0, 1.0):
+        s = render_sample(bg, fgs, still.replace(defocus_whole_prob=whole_prob),
+                          np.random.default_rng(3), is_global=False)
+        assert s.meta["defocus"]["whole"] == bool(whole_prob)
 
 
 def test_defocus_off_ignores_its_radius_and_global_samples_ignore_it():

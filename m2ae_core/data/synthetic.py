@@ -119,7 +119,8 @@ class SynthParams:
     a sample is global with probability ``global_prob``. Noise sigma is in sRGB units
     (0..1); noise and JPEG touch the blurred image only. ``defocus_prob`` is the share of
     local samples whose static background is put out of focus (a disc of
-    ``defocus_radius`` px, over the whole frame or one side of a soft focal ramp).
+    ``defocus_radius`` px, over the whole frame with probability ``defocus_whole_prob``,
+    otherwise over one side of a soft focal ramp).
     """
 
     size: tuple[int, int] = (256, 256)
@@ -142,6 +143,7 @@ class SynthParams:
     jpeg_quality: tuple[int, int] = (75, 95)
     defocus_prob: float = 0.0
     defocus_radius: tuple[float, float] = (1.5, 6.0)
+    defocus_whole_prob: float = 0.5
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -153,7 +155,8 @@ class SynthParams:
                          "crop_zoom", "noise_sigma", "defocus_radius"):
                 set_(name, _pair(getattr(self, name)))
             for name in ("curvature", "rotation_deg", "scale_change", "global_prob",
-                         "global_rotation_deg", "noise_prob", "jpeg_prob", "defocus_prob"):
+                         "global_rotation_deg", "noise_prob", "jpeg_prob", "defocus_prob",
+                         "defocus_whole_prob"):
                 set_(name, float(getattr(self, name)))
             set_("subframes", int(self.subframes))
             set_("global_every", int(self.global_every))
@@ -176,7 +179,8 @@ class SynthParams:
             raise ConfigError("feather and crop_zoom must be positive")
         if not 1 <= self.jpeg_quality[0] <= self.jpeg_quality[1] <= 100:
             raise ConfigError(f"jpeg_quality must lie in 1..100, got {self.jpeg_quality}")
-        for name in ("global_prob", "noise_prob", "jpeg_prob", "defocus_prob"):
+        for name in ("global_prob", "noise_prob", "jpeg_prob", "defocus_prob",
+                     "defocus_whole_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be a probability, got {getattr(self, name)}")
         if min(self.curvature, self.rotation_deg, self.scale_change,
@@ -674,11 +678,12 @@ def defocus(image: torch.Tensor, radius: float) -> torch.Tensor:
     return linear_to_srgb(F.conv2d(linear, kernel[None, None])[:, 0]).clamp(0.0, 1.0)
 
 
-def random_focus_falloff(rng: np.random.Generator, height: int, width: int
-                         ) -> tuple[torch.Tensor, dict]:
-    """How far out of focus each pixel is, 0..1 ``[1,H,W]``: the whole frame, or a soft
-    ramp across a random direction (a focal plane crossing the scene)."""
-    whole = rng.random() < 0.5
+def random_focus_falloff(rng: np.random.Generator, height: int, width: int,
+                         whole_prob: float = 0.5) -> tuple[torch.Tensor, dict]:
+    """How far out of focus each pixel is, 0..1 ``[1,H,W]``: the whole frame (with
+    probability ``whole_prob``), or a soft ramp across a random direction (a focal plane
+    crossing the scene)."""
+    whole = rng.random() < whole_prob
     angle, centre, softness = rng.uniform(0, 2 * math.pi), rng.uniform(0.25, 0.75), \
         rng.uniform(0.05, 0.4)
     info = {"whole": bool(whole)}
@@ -701,7 +706,8 @@ def defocus_background(background: torch.Tensor, params: SynthParams,
     trained on crisp backgrounds takes for motion blur. Defocus is static, so the mask rule
     is untouched: these pixels stay unmasked and equal in the blurred and sharp images."""
     radius = rng.uniform(*params.defocus_radius)
-    falloff, info = random_focus_falloff(rng, *background.shape[-2:])
+    falloff, info = random_focus_falloff(rng, *background.shape[-2:],
+                                         whole_prob=params.defocus_whole_prob)
     soft = defocus(background, radius)
     info["radius"] = round(float(radius), 4)
     return (background + falloff * (soft - background)).contiguous(), info
