@@ -169,6 +169,13 @@ def _read_mask(path: Path, shape: tuple[int, int], name: str) -> np.ndarray:
     return arr
 
 
+def sample_kind(sample: EvalSample, gt_mask: np.ndarray | None) -> str | None:
+    """"local" or "global": the manifest's word, else an all-ones mask means global."""
+    if sample.kind is not None or gt_mask is None:
+        return sample.kind
+    return "global" if gt_mask.all() else "local"
+
+
 def _read_trajectory(path: Path, shape: tuple[int, int], name: str) -> np.ndarray:
     try:
         traj = np.load(path, allow_pickle=False)
@@ -233,9 +240,7 @@ def _evaluate_sample(model, sample: EvalSample, threshold: float, pruned: bool,
     gt_mask = _read_mask(sample.mask, (h, w), sample.name) if sample.mask else None
     gt_traj = _read_trajectory(sample.trajectory, (h, w), sample.name) \
         if sample.trajectory else None
-    kind = sample.kind
-    if kind is None and gt_mask is not None:
-        kind = "global" if gt_mask.all() else "local"
+    kind = sample_kind(sample, gt_mask)
 
     device = _device_of(model)
     cuda = device is not None and device.type == "cuda"

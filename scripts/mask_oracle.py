@@ -28,17 +28,28 @@ THRESHOLDS = (4, 8, 12, 16, 24)
 DILATIONS = (0, 4, 8)
 
 
-def visible_change(blur: torch.Tensor, sharp: torch.Tensor, *, window: int,
-                   threshold: float, dilation: int) -> torch.Tensor:
-    """Bool ``[H,W]``: where ``blur`` and ``sharp`` (``[1,3,H,W]``, 0..1) visibly differ."""
+def windowed_difference(blur: torch.Tensor, sharp: torch.Tensor, window: int) -> torch.Tensor:
+    """``[1,1,H,W]``: the largest channel difference (0..255) of two ``[1,3,H,W]`` images
+    (0..1), averaged over a ``window`` x ``window`` square."""
     difference = (blur - sharp).abs().amax(1, keepdim=True) * 255.0
     if window > 1:
         difference = F.avg_pool2d(difference, window, 1, window // 2,
                                   count_include_pad=False)
+    return difference
+
+
+def mark(difference: torch.Tensor, threshold: float, dilation: int) -> torch.Tensor:
+    """Bool ``[H,W]``: ``difference`` above ``threshold``, dilated by ``dilation`` px."""
     marked = (difference > threshold).float()
     if dilation > 0:
         marked = F.max_pool2d(marked, 2 * dilation + 1, 1, dilation)
     return marked[0, 0] > 0
+
+
+def visible_change(blur: torch.Tensor, sharp: torch.Tensor, *, window: int,
+                   threshold: float, dilation: int) -> torch.Tensor:
+    """Bool ``[H,W]``: where ``blur`` and ``sharp`` (``[1,3,H,W]``, 0..1) visibly differ."""
+    return mark(windowed_difference(blur, sharp, window), threshold, dilation)
 
 
 def oracle_grid(dataset, *, limit: int | None = None, windows=WINDOWS,
@@ -46,24 +57,31 @@ def oracle_grid(dataset, *, limit: int | None = None, windows=WINDOWS,
     """``(rows, samples)``: one row per cell, ``window``, ``threshold``, ``dilation`` and
     ``iou`` (mean over the local samples that have a mask)."""
     from m2ae_core import metrics
-    from m2ae_core.evaluate import EvalError, _read_mask, _read_rgb, find_samples
+    from m2ae_core.evaluate import EvalError, _read_mask, _read_rgb, find_samples, sample_kind
 
-    local = [s for s in find_samples(dataset)[1] if s.kind == "local" and s.mask is not None]
-    local = local[:limit]
-    if not local:
-        raise EvalError(f"{dataset} has no local samples with a mask (a manifest.json from "
-                        "m2ae synth says which samples are local)")
     scores = {(w, t, d): [] for w in windows for t in thresholds for d in dilations}
-    for sample in local:
+    local = 0
+    for sample in find_samples(dataset)[1]:
+        if limit is not None and local >= limit:
+            break
+        if sample.mask is None:
+            continue
         blur, sharp = _read_rgb(sample.blur), _read_rgb(sample.sharp)
         truth = _read_mask(sample.mask, tuple(blur.shape[-2:]), sample.name)
-        for window, threshold, dilation in scores:
-            marked = visible_change(blur, sharp, window=window, threshold=threshold,
-                                    dilation=dilation)
-            scores[window, threshold, dilation].append(metrics.mask_iou(marked.numpy(), truth))
+        if sample_kind(sample, truth) != "local":
+            continue
+        local += 1
+        for window in windows:  # the windowed difference once per window, not per cell
+            difference = windowed_difference(blur, sharp, window)
+            for threshold in thresholds:
+                for dilation in dilations:
+                    marked = mark(difference, threshold, dilation).numpy()
+                    scores[window, threshold, dilation].append(metrics.mask_iou(marked, truth))
+    if not local:
+        raise EvalError(f"{dataset} has no local samples with a mask")
     rows = [{"window": w, "threshold": t, "dilation": d, "iou": float(np.mean(v))}
             for (w, t, d), v in scores.items()]
-    return rows, len(local)
+    return rows, local
 
 
 def report(rows: list[dict], samples: int) -> str:

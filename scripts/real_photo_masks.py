@@ -10,20 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
-
-
-def photo_paths(sources) -> list[Path]:
-    paths = []
-    for source in map(Path, sources):
-        if source.is_dir():
-            paths += sorted(p for p in source.iterdir()
-                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            paths.append(source)
-    return paths
 
 
 def marked_shares(model, paths) -> list[tuple[str, float]]:
@@ -46,14 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", default=None, help="weights file (default: bundled)")
     args = parser.parse_args(argv)
     from m2ae_core import load_model
+    from m2ae_core.cli import collect_inputs  # the folder rules of m2ae deblur
     from m2ae_core.errors import M2AEError
 
-    paths = photo_paths(args.sources)
-    if not paths:
-        print(f"real_photo_masks: no image files in {', '.join(args.sources)}", file=sys.stderr)
-        return 2
     try:
-        rows = marked_shares(load_model(args.weights), paths)
+        rows = marked_shares(load_model(args.weights), collect_inputs(args.sources))
     except M2AEError as error:
         print(f"real_photo_masks: {error}", file=sys.stderr)
         return 2

@@ -4,6 +4,7 @@ from PIL import Image
 
 from conftest import load_script, randomize_
 from m2ae_core import analyze, build_model
+from m2ae_core.cli import collect_inputs
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def _photos(root):
 def test_shares_are_the_mask_analyze_uses_for_each_photo_of_a_folder(tmp_path, model):
     script = load_script("real_photo_masks")
     folder = _photos(tmp_path / "photos")
-    paths = script.photo_paths([folder])
+    paths = collect_inputs([str(folder)])
     assert [p.name for p in paths] == ["a.png", "b.jpg"]  # no text file, no subfolder
     rows = script.marked_shares(model, paths)
     for (name, share), path in zip(rows, paths):
@@ -44,3 +45,5 @@ def test_main_reports_unreadable_photos_and_empty_folders(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert script.main([str(tmp_path / "empty")]) == 2
     assert "no image files" in capsys.readouterr().err
+    assert script.main([str(tmp_path / "missing.png")]) == 2
+    assert "missing.png" in capsys.readouterr().err

@@ -684,6 +684,7 @@ def random_focus_falloff(rng: np.random.Generator, height: int, width: int,
     probability ``whole_prob``), or a soft ramp across a random direction (a focal plane
     crossing the scene)."""
     whole = rng.random() < whole_prob
+    # the ramp is drawn even for a whole frame: a sample uses the same random numbers either way
     angle, centre, softness = rng.uniform(0, 2 * math.pi), rng.uniform(0.25, 0.75), \
         rng.uniform(0.05, 0.4)
     info = {"whole": bool(whole)}
