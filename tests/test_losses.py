@@ -1,5 +1,6 @@
 """Training losses (DESIGN §4): forward warping, re-blur, TV, mask CE, reconstruction, total."""
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ import torch
 from m2ae_core.network import build_model
 from m2ae_core.training.losses import (LossConfig, M2AELoss, fft_l1, forward_warp,
                                        mask_cross_entropy, reblur_loss, reconstruction_loss,
+                                       soft_jaccard_loss,
                                        ssim_loss, to_stage_grid, trajectory_loss, tv_loss,
                                        weighted_l1)
 from m2ae_core.m2as import StageOutput
@@ -137,6 +139,41 @@ def test_balanced_mask_cross_entropy_weighs_classes_alike():
     ones = torch.ones_like(small)
     assert mask_cross_entropy(logits, ones, balanced=True).item() == pytest.approx(
         mask_cross_entropy(logits, ones).item(), rel=1e-6)
+
+
+def test_soft_jaccard_loss_hand_computed():
+    # Two samples of 1x2 grid pixels; probabilities of "blurred" via logit margins.
+    logits = torch.zeros(2, 2, 1, 2)
+    logits[0, 0, 0, 0] = math.log(3.0)  # p = 0.75 on sample 0's blurred pixel
+    logits[0, 0, 0, 1] = -math.log(3.0)  # p = 0.25 on its sharp pixel
+    small = torch.tensor([[[[1.0, 0.0]]], [[[0.0, 0.0]]]])
+    # sample 0: inter 0.75, union 0.75 + 0.25 + 1 - 0.75 = 1.25; sample 1: p = 0.5 twice,
+    # no target: inter 0, union 1. eps = 1 in both.
+    expected = ((1 - 1.75 / 2.25) + (1 - 1 / 2)) / 2
+    assert soft_jaccard_loss(logits, small).item() == pytest.approx(expected, rel=1e-6)
+    # A confident, exact prediction costs (almost) nothing, also for an empty mask.
+    exact = torch.stack((small[:, 0] * 40 - 20, -(small[:, 0] * 40 - 20)), 1)
+    assert soft_jaccard_loss(exact, small).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_jaccard_weight_adds_to_the_stage_mask_term():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 2, 4, 4, requires_grad=True)
+    stage = SimpleNamespace(mask=torch.zeros(1, 1, 4, 4), logits=logits, scale=4, stage=2,
+                            start=torch.zeros(1, 2, 4, 4), end=torch.zeros(1, 2, 4, 4),
+                            motion=None)
+    sharp = torch.rand(1, 3, 16, 16)
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., :8, :8] = 1.0
+    out = SimpleNamespace(image=None, stages=[stage])
+    base = dict(l1_weight=0.0, ssim_weight=0.0, fft_weight=0.0, offset_weight=0.0)
+    plain = M2AELoss(base)(out, sharp, sharp, mask)["mask_s2"]
+    both = M2AELoss({**base, "mask_jaccard_weight": 0.5})(out, sharp, sharp, mask)["mask_s2"]
+    small = to_stage_grid(mask, 4, (4, 4), "max")
+    assert both.item() == pytest.approx(
+        plain.item() + 0.5 * soft_jaccard_loss(logits, small).item(), rel=1e-6)
+    both.backward()
+    assert logits.grad.abs().sum() > 0
 
 
 def test_to_stage_grid_pads_like_the_network():
