@@ -36,6 +36,11 @@ class M2AEConfig:
     # Channels of a small stem that reads the image itself for the mask predictors (0: none):
     # the stage features are shaped by restoration (issue 3, session 9).
     mask_evidence: int = 0
+    # An image-level "camera shake" logit next to the per-pixel one, each with its own
+    # supervision (issue 3, session 11): the per-pixel head learns local blur from local
+    # samples only, so it no longer trades local masks for shake coverage. Needs
+    # mask_global_max (it reads the pooled mean and max).
+    mask_shake_head: bool = False
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -55,6 +60,8 @@ class M2AEConfig:
             raise ConfigError("mask_evidence must be 0, or a channel count with M2AS stages")
         if self.m2as_stages and self.mask_evidence and min(self.m2as_stages) < 2:
             raise ConfigError("mask_evidence works at stride 4: M2AS stages must be 2 or deeper")
+        if self.mask_shake_head and not (self.m2as_stages and self.mask_global_max):
+            raise ConfigError("mask_shake_head needs M2AS stages and mask_global_max")
         if self.trajectory_instants != 9:
             raise ConfigError("trajectory_instants must be 9 (one per tap of the 3x3 kernel)")
 

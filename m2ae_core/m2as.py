@@ -60,11 +60,13 @@ class MaskPredictor(nn.Module):
     ``global_max`` also pools the context half by its maximum, through a zero-initialised
     projection (a model trained without it starts out unchanged). ``evidence_channels`` > 0
     adds :class:`BlurEvidence` features to the input, through another zero-initialised
-    projection.
+    projection. ``shake_head`` adds an image-level logit, "the whole frame is blurred"
+    (camera shake), read from the pooled mean and max; the per-pixel logits then stand for
+    local blur alone and the two combine as a noisy OR (:func:`combine_shake`).
     """
 
     def __init__(self, channels: int, context_units: int = 0, global_max: bool = False,
-                 evidence_channels: int = 0) -> None:
+                 evidence_channels: int = 0, shake_head: bool = False) -> None:
         super().__init__()
         c = channels
         self.context = nn.Sequential(*[ContextUnit(c, 2 ** i) for i in range(context_units)])
@@ -79,8 +81,22 @@ class MaskPredictor(nn.Module):
         for projection in (self.max_proj, self.evidence_proj):
             if projection is not None:
                 nn.init.zeros_(projection.weight)
+        if shake_head and not global_max:
+            raise ValueError("the shake head reads the global max: it needs global_max=True")
+        self.shake_head = (nn.Sequential(Conv1x1(c, c // 4), nn.GELU(), Conv1x1(c // 4, 1))
+                           if shake_head else None)
+        if self.shake_head is not None:
+            # starts out saying "no shake" (p ~ 0.02): the combined mask is the local one
+            nn.init.constant_(self.shake_head[-1].bias, -4.0)
 
     def forward(self, features: torch.Tensor, evidence: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-pixel logits [B,2,h,w] (channel 0 = blurred), shake already combined in."""
+        local, shake = self.predict(features, evidence)
+        return local if shake is None else combine_shake(local, shake)
+
+    def predict(self, features: torch.Tensor, evidence: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-pixel logits [B,2,h,w] and, with a shake head, the shake logit [B,1,1,1]."""
         if self.evidence_proj is not None:
             if evidence is None:
                 raise ValueError("this mask predictor needs the image's blur evidence")
@@ -89,9 +105,23 @@ class MaskPredictor(nn.Module):
         local, context = z.chunk(2, dim=1)
         mean = self.pool(context).expand_as(context)
         hidden = self.mlp_out[0](torch.cat((local, mean), 1))
+        shake = None
         if self.max_proj is not None:
-            hidden = hidden + self.max_proj(self.max_pool(context))
-        return self.mlp_out[1:](hidden)
+            pooled_max = self.max_pool(context)
+            hidden = hidden + self.max_proj(pooled_max)
+            if self.shake_head is not None:
+                shake = self.shake_head(torch.cat((mean[..., :1, :1], pooled_max), 1))
+        return self.mlp_out[1:](hidden), shake
+
+
+def combine_shake(local_logits: torch.Tensor, shake_logit: torch.Tensor) -> torch.Tensor:
+    """Logits [B,2,h,w] whose softmax is the noisy OR of the per-pixel blur probability and
+    the frame's shake probability: P(sharp) = P(no local blur) * P(no shake), in log space."""
+    margin = local_logits[:, :1] - local_logits[:, 1:]
+    log_sharp = F.logsigmoid(-margin) + F.logsigmoid(-shake_logit.float()).to(margin.dtype)
+    # log(1 - P(sharp)); the clamp keeps a certain "sharp" finite (and its gradient too)
+    log_blurred = torch.log(-torch.expm1(log_sharp.clamp(max=-1e-30)))
+    return torch.cat((log_blurred, log_sharp), 1)
 
 
 class MotionAnalyzer(nn.Conv2d):
@@ -117,6 +147,10 @@ class StageOutput:
     masked_pixels: int = 0  # pixels of the grid through the mask-aware conv (pruned path)
     dilated_pixels: int = 0
     motion: torch.Tensor | None = None  # [B,4,h,w], (start, end) before gating; training only
+    # With a shake head: the per-pixel (local blur) logits alone (training only) and the
+    # frame's shake logit [B,1,1,1]; the combined decision is ``logits``.
+    local_logits: torch.Tensor | None = None
+    shake_logit: torch.Tensor | None = None
 
     def trajectory_at(self, size: tuple[int, int]) -> torch.Tensor:
         """(start, end) [B,4,H,W] in input pixels at input size ``size`` (bilinear)."""
@@ -238,7 +272,7 @@ class M2ASStage(nn.Module):
 
     def __init__(self, channels: int, blocks: int, stage: int, gate_trajectory: bool = True,
                  mask_context: int = 0, mask_global_max: bool = False,
-                 mask_evidence: int = 0) -> None:
+                 mask_evidence: int = 0, mask_shake_head: bool = False) -> None:
         super().__init__()
         self.stage = stage
         self.gate_trajectory = gate_trajectory
@@ -246,7 +280,7 @@ class M2ASStage(nn.Module):
         for index in range(blocks):
             self.add_module(str(index), M2ASBlock(channels))
         self.mask_predictor = MaskPredictor(channels, mask_context, mask_global_max,
-                                            mask_evidence)
+                                            mask_evidence, mask_shake_head)
         self.motion_analyzer = MotionAnalyzer(channels)
 
     def blocks(self):
@@ -261,10 +295,12 @@ class M2ASStage(nn.Module):
             # (its estimate would go unused; ~1 % of the `paper` forward): the "probability"
             # is then the mask itself.
             logits, probability = None, user_mask.to(x.dtype)
+            local_logits = shake = None
         else:
             if evidence is not None:
                 evidence = BlurEvidence.at_stride(evidence, 2 ** self.stage)
-            logits = self.mask_predictor(x, evidence)
+            local_logits, shake = self.mask_predictor.predict(x, evidence)
+            logits = local_logits if shake is None else combine_shake(local_logits, shake)
             probability = torch.softmax(logits, dim=1)[:, :1]
         if user_mask is not None:
             mask = user_mask if not self.training else user_mask.to(x.dtype)
@@ -280,7 +316,8 @@ class M2ASStage(nn.Module):
         masked = int((mask > 0.5).sum())
         # the ungated motion only feeds the training loss: not kept at inference
         return StageOutput(self.stage, 2 ** self.stage, logits, probability, mask, start, end,
-                           masked, masked, motion if self.training else None)
+                           masked, masked, motion if self.training else None,
+                           local_logits if self.training and shake is not None else None, shake)
 
     def forward(self, x: torch.Tensor, user_mask: torch.Tensor | None = None,
                 threshold: float = 0.5, pruned: bool = False,

@@ -40,7 +40,7 @@ class M2AENet(nn.Module):
             if stage in config.m2as_stages:
                 self.encoders.append(M2ASStage(channels, blocks, stage, config.gate_trajectory,
                                                config.mask_context, config.mask_global_max,
-                                               config.mask_evidence))
+                                               config.mask_evidence, config.mask_shake_head))
             else:
                 self.encoders.append(nn.Sequential(*[NAFBlock(channels) for _ in range(blocks)]))
             self.downs.append(nn.Conv2d(channels, 2 * channels, 2, stride=2))

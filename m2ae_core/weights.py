@@ -118,6 +118,7 @@ _DOWN = re.compile(r"^downs\.(\d+)\.weight$")
 _M2AS_KEY = re.compile(r"^encoders\.(\d+)\.(?:mask_predictor\.|motion_analyzer\.|\d+\.dconv\.)")
 _CONTEXT_UNIT = re.compile(r"^encoders\.\d+\.mask_predictor\.context\.(\d+)\.")
 _MAX_PROJ = re.compile(r"^encoders\.\d+\.mask_predictor\.max_proj\.")
+_SHAKE_HEAD = re.compile(r"^encoders\.\d+\.mask_predictor\.shake_head\.")
 _EVIDENCE_CONV = re.compile(r"^mask_evidence\.layers\.(\d+)\.weight$")
 
 
@@ -182,6 +183,7 @@ def infer_config(state_dict: dict[str, torch.Tensor], name: str = "inferred") ->
                           trajectory_instants=taps, mask_context=len(context_units),
                           mask_global_max=any(_MAX_PROJ.match(k) for k in state_dict),
                           mask_evidence=_evidence_channels(state_dict),
+                          mask_shake_head=any(_SHAKE_HEAD.match(k) for k in state_dict),
                           name=name)
     except ConfigError as exc:
         raise WeightsError(f"could not infer an M2AENet config from the state dict: {exc}; "

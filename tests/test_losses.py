@@ -161,7 +161,7 @@ def test_jaccard_weight_adds_to_the_stage_mask_term():
     logits = torch.randn(1, 2, 4, 4, requires_grad=True)
     stage = SimpleNamespace(mask=torch.zeros(1, 1, 4, 4), logits=logits, scale=4, stage=2,
                             start=torch.zeros(1, 2, 4, 4), end=torch.zeros(1, 2, 4, 4),
-                            motion=None)
+                            motion=None, local_logits=None, shake_logit=None)
     sharp = torch.rand(1, 3, 16, 16)
     mask = torch.zeros(1, 1, 16, 16)
     mask[..., :8, :8] = 1.0

@@ -1,11 +1,13 @@
-"""Mask-predictor options: a global max of the context, and a blur-evidence stem."""
+"""Mask-predictor options: a global max of the context, a blur-evidence stem, a shake head."""
 import pytest
 import torch
 
 from conftest import randomize_
 from m2ae_core import build_model, deblur, get_config
 from m2ae_core.errors import ConfigError
-from m2ae_core.m2as import BlurEvidence, MaskPredictor
+from m2ae_core.m2as import BlurEvidence, MaskPredictor, combine_shake
+from m2ae_core.training.losses import M2AELoss
+from m2ae_core.weights import infer_config
 
 
 def _with_heads(base, **heads):
@@ -83,3 +85,73 @@ def test_evidence_needs_stride_four_stages():
     with pytest.raises(ConfigError, match="mask_evidence"):
         get_config("nafnet-small", mask_evidence=8)
 
+
+
+def test_combine_shake_is_a_noisy_or_of_the_two_probabilities():
+    local = torch.tensor([[[[2.0, -1.0, 0.0]], [[0.0, 1.0, 30.0]]]])  # [1,2,1,3]
+    shake = torch.tensor([[[[-0.5]]]])
+    p_local = torch.softmax(local, 1)[:, 0]
+    p_shake = torch.sigmoid(shake)[:, 0]
+    expected = 1 - (1 - p_local) * (1 - p_shake)
+    combined = torch.softmax(combine_shake(local, shake), 1)
+    assert torch.allclose(combined[:, 0], expected, atol=1e-6)
+    assert torch.allclose(combined.sum(1), torch.ones(1, 1, 3))
+    # A certain shake marks every pixel; a certain "no shake" leaves the local decision.
+    assert torch.allclose(torch.softmax(combine_shake(local, torch.full_like(shake, 40.0)), 1)[:, 0],
+                          torch.ones(1, 1, 3))
+    assert torch.allclose(torch.softmax(combine_shake(local, torch.full_like(shake, -40.0)), 1),
+                          torch.softmax(local, 1), atol=1e-6)
+
+
+def test_shake_head_needs_the_global_max_and_is_read_back_from_weights():
+    with pytest.raises(ConfigError, match="mask_global_max"):
+        get_config("small", mask_shake_head=True)
+    with pytest.raises(ValueError, match="global_max"):
+        MaskPredictor(8, shake_head=True)
+    model = build_model("small", width=8, mask_global_max=True, mask_shake_head=True)
+    assert infer_config(model.state_dict()).mask_shake_head
+    assert not infer_config(build_model("small", width=8, mask_global_max=True)
+                            .state_dict()).mask_shake_head
+
+
+def test_shake_head_starts_near_the_local_mask_and_can_mark_a_whole_frame():
+    base = randomize_(build_model("small", width=8, mask_global_max=True), seed=3).eval()
+    extended = _with_heads(base, mask_shake_head=True)
+    image = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        before, after = base(image), extended(image)
+        for old, new in zip(before.stages, after.stages):
+            # p_shake = sigmoid(-4) at start: the combined probability moves by < 0.02
+            assert (new.probability - old.probability).abs().max() < 0.02
+            assert new.shake_logit.shape == (1, 1, 1, 1)
+        for stage in extended.encoders:
+            if hasattr(stage, "mask_predictor"):
+                torch.nn.init.constant_(stage.mask_predictor.shake_head[-1].bias, 40.0)
+        shaken = extended(image)
+    assert all(bool(s.mask.all()) for s in shaken.stages)
+
+
+def test_shake_head_loss_keeps_shaken_frames_out_of_the_pixel_term():
+    torch.manual_seed(0)
+    model = build_model("small", width=8, mask_global_max=True, mask_shake_head=True).train()
+    loss = M2AELoss(dict(l1_weight=0.0, ssim_weight=0.0, fft_weight=0.0, offset_weight=0.0))
+    image = torch.rand(2, 3, 64, 64)
+    mask = torch.zeros(2, 1, 64, 64)
+    mask[0, :, 8:24, 8:24] = 1.0
+    mask[1] = 1.0
+    is_global = torch.tensor([False, True])
+    out = model(image, stages_only=True)
+    terms = loss(out, image, image, mask, is_global=is_global)
+    info = out.stages[0]
+    small = torch.nn.functional.max_pool2d(mask, info.scale)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(
+        info.shake_logit.flatten(), is_global.float())
+    ce_local = torch.nn.functional.cross_entropy(info.local_logits[:1],
+                                                 (small[:1, 0] <= 0.5).long())
+    assert terms[f"mask_s{info.stage}"].item() == pytest.approx((bce + ce_local).item(), rel=1e-5)
+    # Without is_global the all-ones mask marks the second frame as shaken: same value.
+    assert loss(out, image, image, mask)[f"mask_s{info.stage}"].item() == pytest.approx(
+        terms[f"mask_s{info.stage}"].item(), rel=1e-6)
+    terms["total"].backward()
+    head = model.encoders[info.stage].mask_predictor.shake_head[0].weight
+    assert head.grad is not None and head.grad.abs().sum() > 0

@@ -220,6 +220,29 @@ def test_global_max_and_evidence_heads_start_fresh_and_train(straight_run, photo
         train(load_config(_write_yaml(tmp_path / "cfg2.yaml", cfg)))
 
 
+def test_shake_head_starts_fresh_and_trains(straight_run, photos, tmp_path):
+    init = straight_run / "final.safetensors"
+    cfg = _tiny_config(photos, tmp_path / "run", steps=2, val_every=0)
+    cfg["model"].update(init_weights=str(init), trainable=["mask_predictor"])
+    cfg["model"]["overrides"].update(mask_global_max=True, mask_shake_head=True)
+    cfg["loss"] = {"l1_weight": 0.0, "ssim_weight": 0.0, "fft_weight": 0.0,
+                   "offset_weight": 0.0, "mask_weight": 1.0}
+    train(load_config(_write_yaml(tmp_path / "cfg.yaml", cfg)))
+    from safetensors.torch import load_file
+
+    start, after = load_file(init), load_file(tmp_path / "run" / "final.safetensors")
+    added = set(after) - set(start)
+    assert {k for k in added if ".shake_head." in k}
+    assert all(".max_proj." in k or ".shake_head." in k for k in added)
+    assert all(torch.equal(start[k], after[k]) for k in start if "mask_predictor" not in k)
+    # weights with a shake head cannot start a model without one
+    cfg["out_dir"] = str(tmp_path / "run2")
+    cfg["model"]["init_weights"] = str(tmp_path / "run" / "final.safetensors")
+    cfg["model"]["overrides"]["mask_shake_head"] = False
+    with pytest.raises(M2AEError, match="mask_shake_head"):
+        train(load_config(_write_yaml(tmp_path / "cfg2.yaml", cfg)))
+
+
 def test_exact_resume_is_bitwise(straight_run, photos, tmp_path):
     cfg = _write_yaml(tmp_path / "cfg.yaml", _tiny_config(photos, tmp_path / "run"))
     assert main(["--config", str(cfg), "--stop-at", "3"]) == 0

@@ -286,9 +286,12 @@ class M2AELoss(nn.Module):
 
     def forward(self, output, blur: torch.Tensor, sharp: torch.Tensor,
                 mask: torch.Tensor | None = None, trajectory: torch.Tensor | None = None,
-                has_trajectory: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                has_trajectory: torch.Tensor | None = None,
+                is_global: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``trajectory`` [B,4,H,W] (o_s, o_e in input pixels) and ``has_trajectory`` [B]
-        feed L_traj; samples without a known trajectory do not count."""
+        feed L_traj; samples without a known trajectory do not count. ``is_global`` [B]
+        (camera shake) supervises a shake head; without it, a sample whose mask is all
+        ones counts as shaken."""
         cfg = self.config
         image = output.image if hasattr(output, "image") else output
         stages = list(getattr(output, "stages", None) or [])
@@ -310,10 +313,15 @@ class M2AELoss(nn.Module):
                 size = tuple(info.mask.shape[-2:])
                 mask_small = to_stage_grid(gt_mask.float(), info.scale, size, "max")
                 # no logits: an inference run with a given mask predicted nothing to score
-                ce = zero if info.logits is None else \
-                    mask_cross_entropy(info.logits, mask_small, cfg.mask_balanced)
-                if info.logits is not None and cfg.mask_jaccard_weight:
-                    ce = ce + cfg.mask_jaccard_weight * soft_jaccard_loss(info.logits, mask_small)
+                if info.logits is None:
+                    ce = zero
+                elif info.shake_logit is not None and info.local_logits is not None:
+                    shaken = is_global if is_global is not None else \
+                        gt_mask.flatten(1).amin(1) > 0.5
+                    ce = self._split_mask_loss(info.local_logits, info.shake_logit, mask_small,
+                                               shaken.to(device=mask_small.device).bool())
+                else:
+                    ce = self._pixel_mask_loss(info.logits, mask_small)
                 sharp_small = to_stage_grid(sharp.float(), info.scale, size, "area")
                 blur_small = to_stage_grid(blur.float(), info.scale, size, "area")
                 start, end = info.start.float(), info.end.float()
@@ -348,6 +356,25 @@ class M2AELoss(nn.Module):
                 total = total + cfg.trajectory_weight * traj_sum
         terms["total"] = total
         return terms
+
+    def _pixel_mask_loss(self, logits: torch.Tensor, mask_small: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        loss = mask_cross_entropy(logits, mask_small, cfg.mask_balanced)
+        if cfg.mask_jaccard_weight:
+            loss = loss + cfg.mask_jaccard_weight * soft_jaccard_loss(logits, mask_small)
+        return loss
+
+    def _split_mask_loss(self, local_logits: torch.Tensor, shake_logit: torch.Tensor,
+                         mask_small: torch.Tensor, shaken: torch.Tensor) -> torch.Tensor:
+        """A shake head's two terms: the per-pixel loss on the local samples only (a shaken
+        frame says nothing about where local blur is) plus the shake logit's binary
+        cross-entropy against "this frame is shaken"."""
+        shake = F.binary_cross_entropy_with_logits(shake_logit.float().flatten(),
+                                                   shaken.to(torch.float32))
+        local = ~shaken
+        if not bool(local.any()):
+            return shake
+        return shake + self._pixel_mask_loss(local_logits[local], mask_small[local])
 
 
 def psnr_from_mse(mse: float) -> float:

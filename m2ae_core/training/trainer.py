@@ -296,8 +296,8 @@ def _choose_trainable(model: torch.nn.Module, trainable, frozen) -> None:
 def _load_initial_weights(model: torch.nn.Module, source: str) -> list[str]:
     """Copy trained weights into a fresh model (fine-tuning); the architectures must match,
     except that the configured model may add to the mask predictors (context units, global
-    max, blur evidence); those parts keep their fresh initialisation. Returns the names of
-    the parameters left fresh."""
+    max, blur evidence, shake head); those parts keep their fresh initialisation. Returns
+    the names of the parameters left fresh."""
     from ..weights import load_model
 
     trained = load_model(source, device="cpu")
@@ -305,16 +305,20 @@ def _load_initial_weights(model: torch.nn.Module, source: str) -> list[str]:
     theirs = trained.config
     same_but_heads = dataclasses.replace(theirs, mask_context=ours.mask_context,
                                          mask_global_max=ours.mask_global_max,
-                                         mask_evidence=ours.mask_evidence)
+                                         mask_evidence=ours.mask_evidence,
+                                         mask_shake_head=ours.mask_shake_head)
     if (same_but_heads != ours or theirs.mask_context > ours.mask_context
             or theirs.mask_global_max > ours.mask_global_max
+            or theirs.mask_shake_head > ours.mask_shake_head
             or theirs.mask_evidence not in (0, ours.mask_evidence)):
         raise M2AEError(f"model.init_weights {source!r} holds a different architecture "
                         f"({theirs}) than the configured model ({ours}); only more "
-                        "mask_context units, mask_global_max or mask_evidence may be added")
+                        "mask_context units, mask_global_max, mask_evidence or "
+                        "mask_shake_head may be added")
     missing, unexpected = model.load_state_dict(trained.state_dict(), strict=False)
     fresh_parts = (".mask_predictor.context.", ".mask_predictor.max_proj.",
-                   ".mask_predictor.evidence_proj.", "mask_evidence.")
+                   ".mask_predictor.evidence_proj.", ".mask_predictor.shake_head.",
+                   "mask_evidence.")
     fresh = [name for name in missing if any(part in name for part in fresh_parts)]
     if unexpected or len(fresh) != len(missing):
         raise M2AEError(f"model.init_weights {source!r}: parameters do not match "
@@ -475,7 +479,8 @@ def _train(config: TrainConfig, world: int, rank: int, device: torch.device) -> 
         known_motion = [batch[key].to(device, non_blocking=True)
                         for key in ("trajectory", "has_trajectory")] \
             if loss_cfg.trajectory_weight > 0 else []
-        terms = criterion(output, blur, sharp, mask, *known_motion)
+        terms = criterion(output, blur, sharp, mask, *known_motion,
+                          is_global=batch["is_global"].to(device, non_blocking=True))
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         max_norm = opt_cfg.grad_clip if opt_cfg.grad_clip > 0 else float("inf")
