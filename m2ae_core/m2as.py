@@ -147,8 +147,8 @@ class StageOutput:
     masked_pixels: int = 0  # pixels of the grid through the mask-aware conv (pruned path)
     dilated_pixels: int = 0
     motion: torch.Tensor | None = None  # [B,4,h,w], (start, end) before gating; training only
-    # With a shake head: the per-pixel (local blur) logits alone (training only) and the
-    # frame's shake logit [B,1,1,1]; the combined decision is ``logits``.
+    # With a shake head: the per-pixel (local blur) logits alone and the frame's shake
+    # logit [B,1,1,1]; the combined decision is ``logits``.
     local_logits: torch.Tensor | None = None
     shake_logit: torch.Tensor | None = None
 
@@ -317,7 +317,7 @@ class M2ASStage(nn.Module):
         # the ungated motion only feeds the training loss: not kept at inference
         return StageOutput(self.stage, 2 ** self.stage, logits, probability, mask, start, end,
                            masked, masked, motion if self.training else None,
-                           local_logits if self.training and shake is not None else None, shake)
+                           local_logits if shake is not None else None, shake)
 
     def forward(self, x: torch.Tensor, user_mask: torch.Tensor | None = None,
                 threshold: float = 0.5, pruned: bool = False,
