@@ -89,14 +89,18 @@ class MaskPredictor(nn.Module):
             # starts out saying "no shake" (p ~ 0.02): the combined mask is the local one
             nn.init.constant_(self.shake_head[-1].bias, -4.0)
 
-    def forward(self, features: torch.Tensor, evidence: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-pixel logits [B,2,h,w] (channel 0 = blurred), shake already combined in."""
-        local, shake = self.predict(features, evidence)
+    def forward(self, features: torch.Tensor, evidence: torch.Tensor | None = None,
+                parts: bool = False):
+        """Per-pixel logits [B,2,h,w] (channel 0 = blurred), shake already combined in; with
+        ``parts``, the per-pixel logits alone and the shake logit [B,1,1,1] (None without a
+        shake head)."""
+        local, shake = self._predict(features, evidence)
+        if parts:
+            return local, shake
         return local if shake is None else combine_shake(local, shake)
 
-    def predict(self, features: torch.Tensor, evidence: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Per-pixel logits [B,2,h,w] and, with a shake head, the shake logit [B,1,1,1]."""
+    def _predict(self, features: torch.Tensor, evidence: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.evidence_proj is not None:
             if evidence is None:
                 raise ValueError("this mask predictor needs the image's blur evidence")
@@ -299,7 +303,7 @@ class M2ASStage(nn.Module):
         else:
             if evidence is not None:
                 evidence = BlurEvidence.at_stride(evidence, 2 ** self.stage)
-            local_logits, shake = self.mask_predictor.predict(x, evidence)
+            local_logits, shake = self.mask_predictor(x, evidence, parts=True)
             logits = local_logits if shake is None else combine_shake(local_logits, shake)
             probability = torch.softmax(logits, dim=1)[:, :1]
         if user_mask is not None:

@@ -55,8 +55,8 @@ def m2as_block_macs(channels: int, pixels: int, masked: int | None = None,
 
 def stage_head_macs(channels: int, pixels: int, context_units: int = 0,
                     predictor_runs: bool = True, global_max: bool = False,
-                    evidence_channels: int = 0) -> int:
-    """Mask predictor (with its context units, global max and evidence projection) +
+                    evidence_channels: int = 0, shake_head: bool = False) -> int:
+    """Mask predictor (with its context units, global max, evidence projection and shake head) +
     intra-motion analyzer of an M2AS stage. ``predictor_runs`` False: the analyzer alone
     (inference with a given mask)."""
     c = channels
@@ -71,6 +71,8 @@ def stage_head_macs(channels: int, pixels: int, context_units: int = 0,
         predictor += pixels * (c // 2) + conv_macs(1, c // 2, c // 2, bias=False)
     if evidence_channels:
         predictor += conv_macs(pixels, evidence_channels, c, bias=False)
+    if shake_head:  # two 1x1 layers on the pooled mean and max: once per image
+        predictor += conv_macs(1, c, c // 4) + conv_macs(1, c // 4, 1)
     return predictor + analyzer
 
 
@@ -116,7 +118,8 @@ def count_macs(config: M2AEConfig, height: int, width: int,
         if stage in config.m2as_stages:
             counts = (stage_pixels or {}).get(stage)
             total += stage_head_macs(channels, pixels, config.mask_context,
-                                     not mask_given, config.mask_global_max, evidence)
+                                     not mask_given, config.mask_global_max, evidence,
+                                     config.mask_shake_head)
             if evidence and stage > 2:  # the stride-4 evidence average-pooled to this grid
                 total += (h * w // 16) * evidence
             for _ in range(blocks):

@@ -52,11 +52,12 @@ def test_mask_context_units_are_counted():
     assert count_macs(config, 64, 64) > count_macs(get_config("small"), 64, 64)
 
 
-def test_global_max_and_evidence_are_counted():
+def test_global_max_evidence_and_shake_head_are_counted():
     # hooks count every conv and pool module; the functional average pool that brings the
     # stride-4 evidence to the stride-8 stage is added by hand
     base = get_config("small", mask_context=2)
-    extended = get_config("small", mask_context=2, mask_global_max=True, mask_evidence=32)
+    extended = get_config("small", mask_context=2, mask_global_max=True, mask_evidence=32,
+                          mask_shake_head=True)
     h, w = 48, 80
     image = torch.rand(1, 3, h, w)
 
@@ -71,7 +72,7 @@ def test_global_max_and_evidence_are_counted():
     hooked = hooked_conv_macs(Dense(extended), image) - hooked_conv_macs(Dense(base), image)
     stage3_pool = (h // 4) * (w // 4) * 32
     assert count_macs(extended, h, w) - count_macs(base, h, w) == hooked + stage3_pool
-    # a given mask skips the stem and both projections
+    # a given mask skips the stem, both projections and the shake head
     assert count_macs(extended, h, w, mask_given=True) == count_macs(base, h, w, mask_given=True)
 
 
