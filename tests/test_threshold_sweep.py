@@ -2,6 +2,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import load_script, randomize_
@@ -51,3 +52,50 @@ def test_main_prints_a_table_and_refuses_data_without_local_samples(tmp_path, ca
     only_global = _dataset(tmp_path / "b", {"0": np.ones((32, 32), bool)})
     assert script.main([str(only_global)]) == 2
     assert "no local samples" in capsys.readouterr().err
+
+
+def _shaky_model(shake_bias: float):
+    model = randomize_(build_model("small", width=8, mask_global_max=True, mask_shake_head=True),
+                       seed=7).eval()
+    for stage in model.encoders:
+        if hasattr(stage, "mask_predictor"):
+            head = stage.mask_predictor.shake_head[-1]
+            torch.nn.init.zeros_(head.weight)
+            torch.nn.init.constant_(head.bias, shake_bias)
+    return model
+
+
+def test_a_shaken_verdict_marks_whole_frames_and_none_leaves_the_local_mask(tmp_path):
+    local = np.zeros((48, 48), bool)
+    local[:12] = True  # a quarter of the pixels
+    data = _dataset(tmp_path, {"local": local, "global": np.ones((48, 48), bool)})
+    script = _load()
+    # shake probability sigmoid(2) = 0.88: flagged below that, not above
+    result = script.shake_sweep(_shaky_model(2.0), data, thresholds=(0.5, 0.95))
+    assert result["local"] == 1 and result["global"] == 1
+    flagged, kept = result["rows"]
+    assert flagged["local_flagged"] == flagged["global_flagged"] == 1
+    assert flagged["local_iou"] == 0.25 and flagged["global_iou"] == 1.0
+    assert kept["local_flagged"] == kept["global_flagged"] == 0
+    # unflagged frames score their local mask, the same at any threshold
+    low = script.shake_sweep(_shaky_model(-2.0), data, thresholds=(0.5,))["rows"][0]
+    assert kept["local_iou"] == pytest.approx(low["local_iou"])
+    assert kept["global_iou"] == pytest.approx(low["global_iou"])
+
+
+def test_shake_mode_prints_its_table_and_refuses_a_model_without_shake_head(tmp_path, capsys):
+    script = _load()
+    local = np.zeros((32, 32), bool)
+    local[:8] = True
+    data = _dataset(tmp_path, {"0": local})
+    weights = tmp_path / "plain.safetensors"
+    from m2ae_core.weights import save_weights
+
+    save_weights(build_model("small", width=8), weights)
+    assert script.main([str(data), "--weights", str(weights), "--shake"]) == 2
+    assert "no shake head" in capsys.readouterr().err
+    save_weights(_shaky_model(0.0), weights)
+    assert script.main([str(data), "--weights", str(weights), "--shake",
+                        "--thresholds", "0.4"]) == 0
+    out = capsys.readouterr().out
+    assert "1 local and 0 global samples" in out and "| 0.40 |" in out and "| 1 |" in out
