@@ -170,3 +170,29 @@ def test_macs_count_both_passes():
     two = deblur(model, image, mask=mask, tile=128, tile_context="image").stats
     assert two["dense_macs"] == 2 * one["dense_macs"]
     assert two["macs"] == 2 * one["macs"]  # the user mask fixes the pruned pixels of both passes
+
+
+def test_every_tile_gets_the_whole_images_shake_verdict():
+    model = randomize_(build_model("small", width=8, mask_global_max=True, mask_shake_head=True),
+                       seed=5).eval()
+    ramp = np.linspace(0, 255, 200)[None, :, None] * np.ones((160, 1, 3))
+    image = (ramp * (np.arange(160)[:, None, None] < 80)).astype(np.uint8)
+    predictor = next(s.mask_predictor for s in model.encoders if hasattr(s, "mask_predictor"))
+    seen = []
+    handle = predictor.register_forward_hook(lambda m, i, out: seen.append(out[1].flatten()))
+    from m2ae_core import analyze
+
+    try:
+        analyze(model, image, tile=0)
+        whole = seen[-1]
+        seen.clear()
+        analyze(model, image, tile=96, tile_context="tile")
+        own = torch.cat(seen)  # one verdict per tile, from the tile alone
+        seen.clear()
+        analyze(model, image, tile=96, tile_context="image")
+        shared = torch.cat(seen[-len(own):])  # the second pass, on the recorded context
+    finally:
+        handle.remove()
+    assert len(own) > 1
+    assert torch.allclose(shared, whole.expand(len(own)), atol=1e-4)
+    assert (shared.max() - shared.min()) < 1e-6 < (own.max() - own.min())
