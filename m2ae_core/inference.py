@@ -54,9 +54,8 @@ def _stage_maps(stages, height: int, width: int, has_user_mask: bool, user_mask)
         used = user_mask.float()
         probability = used
     else:  # every input pixel covered by a blurred grid pixel was processed
-        probability = F.interpolate(first.probability.float(), size=size, mode="bilinear",
-                                    align_corners=False)
-        used = F.interpolate(first.mask.float(), size=size, mode="nearest")
+        probability = first.at_input(first.probability, size, "bilinear")
+        used = first.at_input(first.mask, size)
     motion = first.trajectory_at(size)
     return probability[0, 0], used[0, 0], motion[0].view(2, 2, height, width)
 

@@ -107,14 +107,14 @@ class MaskPredictor(nn.Module):
             features = features + self.evidence_proj(evidence)
         z = self.mlp_in(self.context(features))
         local, context = z.chunk(2, dim=1)
-        mean = self.pool(context).expand_as(context)
-        hidden = self.mlp_out[0](torch.cat((local, mean), 1))
+        pooled_mean = self.pool(context)
+        hidden = self.mlp_out[0](torch.cat((local, pooled_mean.expand_as(context)), 1))
         shake = None
         if self.max_proj is not None:
             pooled_max = self.max_pool(context)
             hidden = hidden + self.max_proj(pooled_max)
             if self.shake_head is not None:
-                shake = self.shake_head(torch.cat((mean[..., :1, :1], pooled_max), 1))
+                shake = self.shake_head(torch.cat((pooled_mean, pooled_max), 1))
         return self.mlp_out[1:](hidden), shake
 
 
@@ -156,10 +156,19 @@ class StageOutput:
     local_logits: torch.Tensor | None = None
     shake_logit: torch.Tensor | None = None
 
+    def at_input(self, grid: torch.Tensor, size: tuple[int, int],
+                 mode: str = "nearest") -> torch.Tensor:
+        """A map [B,C,h,w] on this stage's grid at input size ``size``: each grid pixel covers
+        ``scale`` x ``scale`` pixels of the padded input, and the padding (right and bottom)
+        is cropped. A plain resize to ``size`` would stretch the grid over the padding and
+        shift the map by up to the padding's width at the far edge."""
+        extra = {"align_corners": False} if mode == "bilinear" else {}
+        full = F.interpolate(grid.float(), scale_factor=self.scale, mode=mode, **extra)
+        return full[..., :size[0], :size[1]]
+
     def trajectory_at(self, size: tuple[int, int]) -> torch.Tensor:
         """(start, end) [B,4,H,W] in input pixels at input size ``size`` (bilinear)."""
-        motion = torch.cat((self.start, self.end), 1).float()
-        return F.interpolate(motion, size=size, mode="bilinear", align_corners=False) * self.scale
+        return self.at_input(torch.cat((self.start, self.end), 1), size, "bilinear") * self.scale
 
 
 # A channel of the deformable conv is folded into conv4 (M2ASBlock.folded_deform_pruned)

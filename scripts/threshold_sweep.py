@@ -63,15 +63,13 @@ def report(result: dict) -> str:
 def shake_and_local_mask(model, image) -> tuple[float, np.ndarray]:
     """The first M2AS stage's shake probability and its local mask at input size."""
     import torch
-    import torch.nn.functional as F
 
     with torch.inference_mode():
         info = model.analyze(image)
     if info is None or info.shake_logit is None:
         raise ValueError("the model has no shake head (config mask_shake_head)")
     local = torch.softmax(info.local_logits.float(), 1)[:, :1] > 0.5
-    h, w = image.shape[-2:]
-    full = F.interpolate(local.float(), scale_factor=info.scale, mode="nearest")[..., :h, :w]
+    full = info.at_input(local, tuple(image.shape[-2:]))  # the grid-to-pixels rule of analyze
     return float(torch.sigmoid(info.shake_logit.float()).flatten()[0]), full[0, 0].numpy() > 0.5
 
 

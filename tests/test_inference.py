@@ -222,3 +222,22 @@ def test_a_given_mask_skips_the_mask_predictors_and_is_the_probability(model):
     finally:
         for handle in handles:
             handle.remove()
+
+
+def test_stage_maps_line_up_with_the_input_when_it_was_padded():
+    from m2ae_core.inference import _stage_maps
+    from m2ae_core.m2as import StageOutput
+
+    # 100x90 input, padded to 112x96: a 28x24 grid at scale 4. Grid column 10 covers input
+    # columns 40..43; a resize of the grid to 90 columns would put it at 38..41.
+    grid = torch.zeros(1, 1, 28, 24, dtype=torch.bool)
+    grid[..., 10] = True
+    motion = torch.zeros(1, 2, 28, 24)
+    motion[:, 0, :, 10] = 1.0
+    stage = StageOutput(2, 4, None, grid.float(), grid, motion, motion)
+    probability, used, trajectory = _stage_maps([stage], 100, 90, False, None)
+    assert used.shape == (100, 90)
+    assert used[0].nonzero().flatten().tolist() == [40, 41, 42, 43]
+    assert probability[0].argmax().item() in range(40, 44)
+    dx = trajectory[0, 0, 0]  # the start's dx (grid px x 4), bilinear: peaks mid-column
+    assert (dx == dx.max()).nonzero().flatten().tolist() == [41, 42]

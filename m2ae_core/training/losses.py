@@ -307,6 +307,9 @@ class M2AELoss(nn.Module):
         total = terms["recon"]
         if stages:
             gt_mask = mask if mask is not None else torch.ones_like(sharp[:, :1])
+            # for shake heads: which frames are camera shake (given, else an all-ones mask)
+            shaken = (is_global if is_global is not None else
+                      gt_mask.flatten(1).amin(1) > 0.5).to(device=gt_mask.device).bool()
             mask_sum = reblur_sum = tv_sum = traj_sum = zero
             use_traj = cfg.trajectory_weight > 0 and trajectory is not None
             for info in stages:
@@ -316,10 +319,8 @@ class M2AELoss(nn.Module):
                 if info.logits is None:
                     ce = zero
                 elif info.shake_logit is not None and info.local_logits is not None:
-                    shaken = is_global if is_global is not None else \
-                        gt_mask.flatten(1).amin(1) > 0.5
                     ce = self._split_mask_loss(info.local_logits, info.shake_logit, mask_small,
-                                               shaken.to(device=mask_small.device).bool())
+                                               shaken)
                 else:
                     ce = self._pixel_mask_loss(info.logits, mask_small)
                 sharp_small = to_stage_grid(sharp.float(), info.scale, size, "area")
