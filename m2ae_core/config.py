@@ -41,6 +41,11 @@ class M2AEConfig:
     # samples only, so it no longer trades local masks for shake coverage. Needs
     # mask_global_max (it reads the pooled mean and max).
     mask_shake_head: bool = False
+    # Camera-shake test on the image itself (m2ae_core/shake.py): a frame with fewer sharp
+    # edges than this, per mille of its pixels in the direction with fewest, is marked blurred
+    # as a whole at inference (0: off). The per-pixel heads then only need to find local blur
+    # (issue 3, session 12). Not a weight: stored in the checkpoint's config.
+    shake_edges_below: float = 0.0
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -62,6 +67,16 @@ class M2AEConfig:
             raise ConfigError("mask_evidence works at stride 4: M2AS stages must be 2 or deeper")
         if self.mask_shake_head and not (self.m2as_stages and self.mask_global_max):
             raise ConfigError("mask_shake_head needs M2AS stages and mask_global_max")
+        try:
+            object.__setattr__(self, "shake_edges_below", float(self.shake_edges_below))
+        except (TypeError, ValueError):
+            raise ConfigError(f"shake_edges_below must be a number, got {self.shake_edges_below!r}") from None
+        if self.shake_edges_below < 0 or (self.shake_edges_below and not self.m2as_stages):
+            raise ConfigError("shake_edges_below must be 0, or a positive per-mille share with "
+                              "M2AS stages (a plain backbone has no mask to mark)")
+        if self.shake_edges_below and self.mask_shake_head:
+            raise ConfigError("shake_edges_below and mask_shake_head are two answers to the same "
+                              "question: choose one")
         if self.trajectory_instants != 9:
             raise ConfigError("trajectory_instants must be 9 (one per tap of the 3x3 kernel)")
 

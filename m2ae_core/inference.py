@@ -142,7 +142,7 @@ def _run(model, image, mask, threshold, tile, progress, tile_context: str = "ima
     was_training = model.training
     model.eval()
     macs = dense_macs = processed = grid_pixels = 0
-    outputs = []
+    outputs, shake_flags = [], []
     two_pass = len(tiles) > 1 and tile_context == "image"
     total_steps, done = b * len(tiles) * (2 if two_pass else 1), 0
 
@@ -152,10 +152,12 @@ def _run(model, image, mask, threshold, tile, progress, tile_context: str = "ima
         if progress is not None:
             progress(done, total_steps)
 
+    shaken = None  # the current item's camera-shake decision, made on the whole image
+
     def restore_tile(x, tile_mask):
         # counted on every call: with image-wide context the first pass costs as much
         nonlocal macs, dense_macs
-        out = model(x, mask=tile_mask, threshold=threshold, pruned=pruned)
+        out = model(x, mask=tile_mask, threshold=threshold, pruned=pruned, shaken=shaken)
         counts = {s.stage: StagePixels(s.masked_pixels, s.dilated_pixels) for s in out.stages}
         height, width = x.shape[-2:]
         given = tile_mask is not None
@@ -165,7 +167,7 @@ def _run(model, image, mask, threshold, tile, progress, tile_context: str = "ima
         return out
 
     def analyze_tile(x, tile_mask):
-        return model.analyze(x, mask=tile_mask, threshold=threshold)
+        return model.analyze(x, mask=tile_mask, threshold=threshold, shaken=shaken)
 
     try:
         with torch.inference_mode():
@@ -178,6 +180,10 @@ def _run(model, image, mask, threshold, tile, progress, tile_context: str = "ima
                         tile_mask = user_mask[item:item + 1, :, rows, cols].to(device)
                     return x, tile_mask
 
+                if user_mask is None:
+                    shaken = model.detect_shake(batch[item:item + 1])
+                    if shaken is not None:
+                        shake_flags.append(bool(shaken[0]))
                 pooled = {}
                 if two_pass:
                     pooled = _record_image_context(model, restore_tile if restore else analyze_tile,
@@ -227,6 +233,8 @@ def _run(model, image, mask, threshold, tile, progress, tile_context: str = "ima
         "pixels": h * w,
         "device": str(device),
     }
+    if shake_flags:  # the model's camera-shake test ran: was the frame processed whole?
+        stats["camera_shake"] = shake_flags[0] if b == 1 else shake_flags
     restored = None
     if restore:
         stats.update(macs=int(macs), dense_macs=int(dense_macs), pruned=bool(pruned and has_stages))

@@ -300,9 +300,12 @@ class M2ASStage(nn.Module):
         return [getattr(self, str(i)) for i in range(self.num_blocks)]
 
     def analyze(self, x: torch.Tensor, user_mask: torch.Tensor | None = None,
-                threshold: float = 0.5, evidence: torch.Tensor | None = None) -> StageOutput:
+                threshold: float = 0.5, evidence: torch.Tensor | None = None,
+                shaken: torch.Tensor | None = None) -> StageOutput:
         """The stage's decision from its input features (and the image's stride-4
-        :class:`BlurEvidence`, when the predictor takes it): blur mask and (gated) trajectory."""
+        :class:`BlurEvidence`, when the predictor takes it): blur mask and (gated) trajectory.
+        ``shaken`` (bool [B], inference only) marks frames found shaken as a whole: their
+        probability is 1 everywhere."""
         if user_mask is not None and not self.training:
             # A given mask replaces the prediction, so at inference the predictor is not run
             # (its estimate would go unused; ~1 % of the `paper` forward): the "probability"
@@ -315,6 +318,9 @@ class M2ASStage(nn.Module):
             local_logits, shake = self.mask_predictor(x, evidence, parts=True)
             logits = local_logits if shake is None else combine_shake(local_logits, shake)
             probability = torch.softmax(logits, dim=1)[:, :1]
+            if shaken is not None and not self.training:
+                probability = torch.where(shaken.view(-1, 1, 1, 1).to(probability.device),
+                                          torch.ones_like(probability), probability)
         if user_mask is not None:
             mask = user_mask if not self.training else user_mask.to(x.dtype)
         elif self.training:
@@ -334,10 +340,11 @@ class M2ASStage(nn.Module):
 
     def forward(self, x: torch.Tensor, user_mask: torch.Tensor | None = None,
                 threshold: float = 0.5, pruned: bool = False,
-                evidence: torch.Tensor | None = None) -> tuple[torch.Tensor, StageOutput]:
+                evidence: torch.Tensor | None = None,
+                shaken: torch.Tensor | None = None) -> tuple[torch.Tensor, StageOutput]:
         if pruned and self.training:
             raise RuntimeError("pruned evaluation needs eval mode (a binary mask)")
-        info = self.analyze(x, user_mask, threshold, evidence)
+        info = self.analyze(x, user_mask, threshold, evidence, shaken)
         # Training samples the gated trajectory only on the mask too: same values as the dense
         # path; it drops only the gradient towards switching on unmasked pixels through the
         # trajectory (the mask-aware conv and L_mask still carry it), and saves ~1/3 of a step.

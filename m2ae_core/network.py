@@ -10,6 +10,7 @@ from torch import nn
 from .config import M2AEConfig, get_config
 from .layers import Conv1x1, NAFBlock
 from .m2as import BlurEvidence, M2ASStage, StageOutput
+from .shake import looks_shaken
 
 
 @dataclass
@@ -68,6 +69,21 @@ class M2AENet(nn.Module):
             return None
         return self.mask_evidence(padded)
 
+    def detect_shake(self, image: torch.Tensor) -> torch.Tensor | None:
+        """Bool [B]: frames the camera-shake test (``config.shake_edges_below``) finds shaken
+        as a whole; None when the model has no such test. Tiled inference calls it once on the
+        whole image: a tile of sky alone would look shaken."""
+        if not self.config.shake_edges_below:
+            return None
+        return looks_shaken(image, self.config.shake_edges_below)
+
+    def _shaken(self, image: torch.Tensor, mask: torch.Tensor | None,
+                shaken: torch.Tensor | None) -> torch.Tensor | None:
+        """The shake decision a forward uses: none in training or under a given mask."""
+        if self.training or mask is not None:
+            return None
+        return shaken if shaken is not None else self.detect_shake(image)
+
     def _intro(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         padded = pad_to_multiple(image, self.config.pad_multiple)
         # Channels-last: pixel-wise ops (layer norm, gathers of pixel rows) read contiguous
@@ -76,40 +92,49 @@ class M2AENet(nn.Module):
         return padded, self.intro(padded)
 
     def analyze(self, image: torch.Tensor, mask: torch.Tensor | None = None,
-                threshold: float = 0.5) -> StageOutput | None:
+                threshold: float = 0.5, shaken: torch.Tensor | None = None
+                ) -> StageOutput | None:
         """Blur mask and trajectory of the shallowest M2AS stage, without restoring the image:
-        runs only the network up to that stage's input (None for a plain backbone)."""
+        runs only the network up to that stage's input (None for a plain backbone).
+        ``shaken``: as in :meth:`forward`."""
         if not self.config.m2as_stages:
             return None
+        shaken = self._shaken(image, mask, shaken)
         stage_masks = self._stage_masks(image, mask)
         padded, x = self._intro(image)
         evidence = self._evidence(padded, mask)
         for encoder, down in zip(self.encoders, self.downs):
             if isinstance(encoder, M2ASStage):
-                return encoder.analyze(x, stage_masks.get(encoder.stage), threshold, evidence)
+                return encoder.analyze(x, stage_masks.get(encoder.stage), threshold, evidence,
+                                       shaken)
             x = down(encoder(x))
         raise AssertionError("unreachable: config lists an M2AS stage")
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor | None = None,
                 threshold: float = 0.5, pruned: bool | None = None,
-                stages_only: bool = False) -> NetworkOutput:
+                stages_only: bool = False, shaken: torch.Tensor | None = None) -> NetworkOutput:
         """Restore ``image`` [B,3,H,W] (0..1).
 
         ``mask`` (bool [B,1,H,W] at input resolution) replaces the predicted blur mask.
         ``pruned`` defaults to True in eval mode: the mask-aware conv runs on blurred pixels only.
         ``stages_only``: stop after the last M2AS stage (``image`` is None); what training the
         mask heads alone needs, at the cost of the encoder only.
+        ``shaken`` (bool [B]): the camera-shake decision for each frame, when the caller made
+        it on a larger image (tiling); by default the model's own test on ``image``, if it has
+        one. Frames found shaken are processed whole. Ignored in training and under ``mask``.
         """
         if pruned is None:
             pruned = not self.training
         h, w = image.shape[-2:]
+        shaken = self._shaken(image, mask, shaken)
         stage_masks = self._stage_masks(image, mask)
         padded, x = self._intro(image)
         evidence = self._evidence(padded, mask)
         skips, stages = [], []
         for encoder, down in zip(self.encoders, self.downs):
             if isinstance(encoder, M2ASStage):
-                x, info = encoder(x, stage_masks.get(encoder.stage), threshold, pruned, evidence)
+                x, info = encoder(x, stage_masks.get(encoder.stage), threshold, pruned, evidence,
+                                  shaken)
                 stages.append(info)
                 if stages_only and len(stages) == len(self.config.m2as_stages):
                     return NetworkOutput(None, stages)
