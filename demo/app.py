@@ -240,6 +240,8 @@ def _stats_markdown(stats: dict, mask: np.ndarray, user_mask: bool) -> str:
         f"**{macs / 1e9:.2f} GMAC** vs {dense / 1e9:.2f} GMAC dense{saving} · "
         f"**{stats.get('seconds', 0.0):.2f} s** on {stats.get('device', '?')}"
         + (f" · {stats['tiles']} tiles" if stats.get("tiles", 1) > 1 else "")
+        + (" · camera shake found: the whole frame was restored"
+           if stats.get("camera_shake") else "")
     )
 
 

@@ -81,7 +81,8 @@ def run_deblur(args: argparse.Namespace) -> int:
             mask = _mask_for(args.mask, source)
             result = deblur(model, image, mask=mask, threshold=args.threshold,
                             preserve_sharp=args.preserve_sharp, tile=args.tile,
-                            tile_context=args.tile_context, pruned=not args.dense)
+                            tile_context=args.tile_context, pruned=not args.dense,
+                            shake_test=not args.no_shake_test)
             target.parent.mkdir(parents=True, exist_ok=True)
             imageio.save_image(result.image, target)
             if args.save_mask:
@@ -93,6 +94,8 @@ def run_deblur(args: argparse.Namespace) -> int:
             note = (f"{source.name}: {stats['fraction_processed']:.1%} processed, "
                     f"{stats['macs'] / 1e9:.1f}/{stats['dense_macs'] / 1e9:.1f} GMAC, "
                     f"{stats['seconds']:.1f}s -> {target}")
+            if stats.get("camera_shake"):
+                note += " (camera shake: whole frame restored)"
             if not bar.enabled:
                 print(note)
         except KeyboardInterrupt:
@@ -156,6 +159,9 @@ def add_deblur_arguments(parser: argparse.ArgumentParser) -> None:
                              "where the blur probability is low")
     parser.add_argument("--dense", action="store_true",
                         help="run the dense masked path instead of the pixel-pruned one (same result, slower)")
+    parser.add_argument("--no-shake-test", action="store_true",
+                        help="do not let the model's camera-shake test mark a whole frame as "
+                             "blurred (for a moving subject on a plain, featureless backdrop)")
     parser.add_argument("--save-mask", action="store_true", help="also write <name>_mask.png")
     parser.add_argument("--save-trajectory", action="store_true",
                         help="also write <name>_trajectory.png, a colour-wheel picture of the motion "

@@ -75,7 +75,8 @@ def _check_model(model) -> None:
 
 def deblur(model: M2AENet, image, *, mask=None, threshold: float = 0.5, pruned: bool = True,
            preserve_sharp: bool = False, tile: int | None = None,
-           tile_context: str = "image", progress: ProgressCallback | None = None) -> DeblurResult:
+           tile_context: str = "image", progress: ProgressCallback | None = None,
+           shake_test: bool = True) -> DeblurResult:
     """Remove local motion blur from ``image`` (PIL, numpy HWC/HW, torch NCHW or BHWC).
 
     mask: optional user mask (any resolution/kind) replacing the predicted one.
@@ -88,20 +89,25 @@ def deblur(model: M2AENet, image, *, mask=None, threshold: float = 0.5, pruned: 
         whole image, as untiled (two passes over the tiles, about twice the time); "tile":
         each tile its own (one pass; tiles may disagree slightly).
     progress: called as progress(done, total) after each tile; raise from it to abort.
+    shake_test: let a model with a camera-shake test (``config.shake_edges_below``) mark a
+        frame it finds shaken as blurred everywhere; False = its heads alone decide (e.g. a
+        moving subject in front of a plain, featureless backdrop). ``stats["camera_shake"]``
+        tells what the test found.
     """
     return _run(model, image, mask, threshold, tile, progress, tile_context, restore=True,
-                pruned=pruned, preserve_sharp=preserve_sharp)
+                pruned=pruned, preserve_sharp=preserve_sharp, shake_test=shake_test)
 
 
 def analyze(model: M2AENet, image, *, mask=None, threshold: float = 0.5,
             tile: int | None = None, tile_context: str = "image",
-            progress: ProgressCallback | None = None) -> DeblurResult:
+            progress: ProgressCallback | None = None, shake_test: bool = True) -> DeblurResult:
     """Blur mask, probability and trajectory only, without restoring (``.image`` is None).
 
     Runs the network only up to its first M2AS stage, so it costs a fraction of ``deblur``;
     the maps equal those ``deblur`` reports for the same input and settings.
     """
-    return _run(model, image, mask, threshold, tile, progress, tile_context, restore=False)
+    return _run(model, image, mask, threshold, tile, progress, tile_context, restore=False,
+                shake_test=shake_test)
 
 
 def _check_tile_context(tile_context: str) -> None:
@@ -124,7 +130,8 @@ def _record_image_context(model, run_tile, tile_inputs, tiles, h: int, w: int, s
 
 
 def _run(model, image, mask, threshold, tile, progress, tile_context: str = "image", *,
-         restore: bool, pruned: bool = True, preserve_sharp: bool = False) -> DeblurResult:
+         restore: bool, pruned: bool = True, preserve_sharp: bool = False,
+         shake_test: bool = True) -> DeblurResult:
     _check_model(model)
     _check_tile_context(tile_context)
     if not 0.0 <= float(threshold) <= 1.0:
@@ -180,10 +187,12 @@ def _run(model, image, mask, threshold, tile, progress, tile_context: str = "ima
                         tile_mask = user_mask[item:item + 1, :, rows, cols].to(device)
                     return x, tile_mask
 
-                if user_mask is None:
-                    shaken = model.detect_shake(batch[item:item + 1])
-                    if shaken is not None:
-                        shake_flags.append(bool(shaken[0]))
+                if user_mask is None and model.config.shake_edges_below:
+                    if shake_test:
+                        shaken = model.detect_shake(batch[item:item + 1])
+                    else:  # an explicit "no" keeps the model from testing each tile itself
+                        shaken = torch.zeros(1, dtype=torch.bool)
+                    shake_flags.append(bool(shaken[0]))
                 pooled = {}
                 if two_pass:
                     pooled = _record_image_context(model, restore_tile if restore else analyze_tile,

@@ -304,8 +304,9 @@ class M2ASStage(nn.Module):
                 shaken: torch.Tensor | None = None) -> StageOutput:
         """The stage's decision from its input features (and the image's stride-4
         :class:`BlurEvidence`, when the predictor takes it): blur mask and (gated) trajectory.
-        ``shaken`` (bool [B], inference only) marks frames found shaken as a whole: their
-        probability is 1 everywhere."""
+        ``shaken`` (bool [B]) marks frames found shaken as a whole: at inference their
+        probability is 1 everywhere; in training their mask is (the logits, which the mask
+        loss reads, are left alone)."""
         if user_mask is not None and not self.training:
             # A given mask replaces the prediction, so at inference the predictor is not run
             # (its estimate would go unused; ~1 % of the `paper` forward): the "probability"
@@ -325,6 +326,9 @@ class M2ASStage(nn.Module):
             mask = user_mask if not self.training else user_mask.to(x.dtype)
         elif self.training:
             mask = F.gumbel_softmax(logits, tau=1.0, hard=True, dim=1)[:, :1]
+            if shaken is not None:  # the restoration trains on the masks inference will use
+                mask = torch.where(shaken.view(-1, 1, 1, 1).to(mask.device),
+                                   torch.ones_like(mask), mask)
         else:
             mask = probability > threshold
         motion = self.motion_analyzer(x)

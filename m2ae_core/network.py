@@ -79,8 +79,8 @@ class M2AENet(nn.Module):
 
     def _shaken(self, image: torch.Tensor, mask: torch.Tensor | None,
                 shaken: torch.Tensor | None) -> torch.Tensor | None:
-        """The shake decision a forward uses: none in training or under a given mask."""
-        if self.training or mask is not None:
+        """The shake decision a forward uses: none under a given mask."""
+        if mask is not None:
             return None
         return shaken if shaken is not None else self.detect_shake(image)
 
@@ -121,7 +121,8 @@ class M2AENet(nn.Module):
         mask heads alone needs, at the cost of the encoder only.
         ``shaken`` (bool [B]): the camera-shake decision for each frame, when the caller made
         it on a larger image (tiling); by default the model's own test on ``image``, if it has
-        one. Frames found shaken are processed whole. Ignored in training and under ``mask``.
+        one. Frames found shaken are processed whole (in training too, so that the
+        restoration learns on the masks inference uses). Ignored under ``mask``.
         """
         if pruned is None:
             pruned = not self.training

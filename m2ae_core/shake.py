@@ -15,15 +15,21 @@ this count can, on the synthetic sets (README, "Camera shake from sharp edges").
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 # A pixel is an edge in a direction when the rise over four pixels across it exceeds this
 # (sRGB luma, 0..1): above sensor noise and JPEG ringing of the synthetic sets (sigma <= 0.012).
 EDGE_RISE = 0.08
 # ... and a sharp one when its largest one-pixel step is at least this share of that rise.
 SHARP_SHARE = 0.8
-# (dy, dx) unit steps of the four directions
+# (dy, dx) unit steps of the four directions: 0, 90, 45 and 135 degrees
 _DIRECTIONS = ((0, 1), (1, 0), (1, 1), (1, -1))
 _MARGIN = 2
+# Larger images are counted at this longer side. A photo of many megapixels is soft per
+# pixel (optics, demosaicing, JPEG): at its own scale 6 of the 24 sharp source photos in
+# ../shared/data/photos count fewer than 0.5 per mille sharp edges, at 1024 px one (a retina
+# scan, smooth at any scale). A camera shake of 20+ px at 4000 px still spans 5+ px here.
+WORKING_SIDE = 1024
 
 
 def _luma(image: torch.Tensor) -> torch.Tensor:
@@ -41,16 +47,15 @@ def _shifted(y: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return y[:, m + dy:h - m + dy, m + dx:w - m + dx]
 
 
-def sharp_edge_share(image: torch.Tensor, edge_rise: float = EDGE_RISE,
-                     sharp_share: float = SHARP_SHARE) -> torch.Tensor:
-    """Per image of a batch [B,C,H,W] (0..1): the share of its pixels, in per mille, that are
-    sharp edges in the direction that has fewest of them. Float [B]."""
+def sharp_edge_counts(image: torch.Tensor, edge_rise: float = EDGE_RISE,
+                      sharp_share: float = SHARP_SHARE) -> torch.Tensor:
+    """Sharp edge pixels per image and direction (0, 90, 45, 135 degrees): int [B,4], counted
+    over the interior (``_MARGIN`` pixels from each side) of a batch [B,C,H,W] in 0..1."""
     if image.dim() != 4:
         raise ValueError(f"expected an image batch [B,C,H,W], got shape {tuple(image.shape)}")
     y = _luma(image)
-    h, w = y.shape[-2:]
-    if min(h, w) <= 2 * _MARGIN:
-        return torch.zeros(y.shape[0])
+    if min(y.shape[-2:]) <= 2 * _MARGIN:
+        return torch.zeros(y.shape[0], len(_DIRECTIONS), dtype=torch.long)
     centre = _shifted(y, 0, 0)
     counts = []
     for dy, dx in _DIRECTIONS:
@@ -59,12 +64,31 @@ def sharp_edge_share(image: torch.Tensor, edge_rise: float = EDGE_RISE,
         rise = (_shifted(y, 2 * dy, 2 * dx) - _shifted(y, -2 * dy, -2 * dx)).abs()
         sharp = (rise > edge_rise) & (step >= sharp_share * rise)
         counts.append(sharp.flatten(1).sum(1))
-    fewest = torch.stack(counts, 1).min(1).values
+    return torch.stack(counts, 1)
+
+
+def sharp_edge_share(image: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Per image of a batch [B,C,H,W] (0..1): the share of its pixels, in per mille, that are
+    sharp edges in the direction that has fewest of them. Float [B]."""
+    h, w = image.shape[-2:]
+    fewest = sharp_edge_counts(image, **kwargs).min(1).values
     return fewest.float() * 1000.0 / (h * w)
 
 
-def looks_shaken(image: torch.Tensor, below: float) -> torch.Tensor:
-    """Bool [B]: frames with fewer sharp edges than ``below`` per mille (0: never)."""
+def at_working_scale(image: torch.Tensor, side: int = WORKING_SIDE) -> torch.Tensor:
+    """``image`` with its longer side brought down to ``side`` (area average; never up)."""
+    h, w = image.shape[-2:]
+    scale = side / max(h, w)
+    if scale >= 1:
+        return image
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return F.interpolate(image.float(), size=size, mode="area")
+
+
+def looks_shaken(image: torch.Tensor, below: float, working_side: int = WORKING_SIDE
+                 ) -> torch.Tensor:
+    """Bool [B]: frames with fewer sharp edges than ``below`` per mille (0: never), counted
+    at the working scale."""
     if below <= 0:
         return torch.zeros(image.shape[0], dtype=torch.bool)
-    return sharp_edge_share(image) < below
+    return sharp_edge_share(at_working_scale(image, working_side)) < below

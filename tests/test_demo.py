@@ -333,6 +333,17 @@ def test_without_spaces_the_model_call_is_plain(monkeypatch):
     assert app._gpu(len) is len
 
 
+def test_stats_say_when_camera_shake_was_found():
+    app = _load_app("m2ae_demo_app_stats")
+    stats = {"fraction_processed": 1.0, "macs": 2e9, "dense_macs": 2e9, "seconds": 1.0,
+             "device": "cpu", "tiles": 1}
+    mask = np.ones((4, 4), bool)
+    assert "camera shake" not in app._stats_markdown(stats, mask, False)
+    assert "camera shake" not in app._stats_markdown({**stats, "camera_shake": False}, mask, False)
+    shaken = app._stats_markdown({**stats, "camera_shake": True}, mask, False)
+    assert "camera shake found: the whole frame was restored" in shaken
+
+
 def test_mask_from_editor(tmp_path):
     app = _load_app("m2ae_demo_app_mask")
     assert app.mask_from_editor(None) is None
