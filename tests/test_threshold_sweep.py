@@ -99,3 +99,30 @@ def test_shake_mode_prints_its_table_and_refuses_a_model_without_shake_head(tmp_
                         "--thresholds", "0.4"]) == 0
     out = capsys.readouterr().out
     assert "1 local and 0 global samples" in out and "| 0.40 |" in out and "| 1 |" in out
+
+
+def test_edges_mode_marks_frames_without_sharp_edges_whole(tmp_path, model, capsys):
+    local = np.zeros((48, 48), bool)
+    local[:12] = True
+    data = _dataset(tmp_path, {"local": local, "global": np.ones((48, 48), bool)})
+    # the shaken frame: flat grey, not one sharp edge; the local one stays random noise
+    Image.fromarray(np.full((48, 48, 3), 128, np.uint8)).save(data / "blur" / "global.png")
+    script = _load()
+    result = script.edges_sweep(model, data, thresholds=(0.0, 0.5), sharp_shares=(0.8,))
+    off, on = result["rows"]
+    assert off["local_flagged"] == off["global_flagged"] == 0
+    assert on["sharp_share"] == 0.8 and on["local_flagged"] == 0 and on["global_flagged"] == 1
+    assert on["global_iou"] == 1.0 and on["local_iou"] == off["local_iou"]
+    from m2ae_core import analyze  # not flagged: the heads' own mask (IoU with all = marked share)
+    grey = np.asarray(Image.open(data / "blur" / "global.png"))
+    assert off["global_iou"] == pytest.approx(analyze(model, grey).mask.mean())
+    weights = tmp_path / "w.safetensors"
+    from m2ae_core.weights import save_weights
+
+    save_weights(model, weights)
+    assert script.main([str(data), "--weights", str(weights), "--shake-edges",
+                        "--thresholds", "0.5", "--sharp-shares", "0.7"]) == 0
+    out = capsys.readouterr().out
+    assert "mean IoU" in out and "| 0.70 | 0.50 |" in out
+    with pytest.raises(SystemExit):
+        script.main([str(data), "--shake-edges", "--sharp-shares", "1.5"])
