@@ -1,6 +1,6 @@
 """Write a copy of a checkpoint with inference-time config fields changed.
 
-    python scripts/set_config.py WEIGHTS OUT --set shake_edges_below=0.5 [--set ...]
+    python scripts/set_config.py WEIGHTS OUT --set shake_edges_below=0.5 [--set ...] [--name N]
 
 Some config fields are decisions, not weights (``shake_edges_below``: the camera-shake test
 of m2ae_core/shake.py). This puts such a decision on trained weights without retraining. The
@@ -33,7 +33,8 @@ def parse_assignment(text: str) -> tuple[str, object]:
         raise ValueError(f"{name}: cannot read {value!r}") from None
 
 
-def with_config(weights: str | Path, out: str | Path, changes: dict) -> Path:
+def with_config(weights: str | Path, out: str | Path, changes: dict,
+                name: str = "custom") -> Path:
     from m2ae_core import load_model
     from m2ae_core.network import M2AENet
     from m2ae_core.weights import save_weights
@@ -41,7 +42,7 @@ def with_config(weights: str | Path, out: str | Path, changes: dict) -> Path:
     if Path(out).resolve() == Path(weights).resolve():
         raise ValueError("OUT must be a new file: the original checkpoint is kept")
     model = load_model(weights)
-    config = dataclasses.replace(model.config, name="custom", **changes)
+    config = dataclasses.replace(model.config, name=name, **changes)
     rebuilt = M2AENet(config)
     rebuilt.load_state_dict(model.state_dict())
     return save_weights(rebuilt, out)
@@ -52,15 +53,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("weights")
     parser.add_argument("out")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                        dest="assignments", required=True)
+                        dest="assignments")
+    parser.add_argument("--name", default="custom", help="the config's name (shown by loaders)")
     args = parser.parse_args(argv)
     try:
         changes = dict(parse_assignment(a) for a in args.assignments)
-        path = with_config(args.weights, args.out, changes)
+        path = with_config(args.weights, args.out, changes, args.name)
     except Exception as exc:  # noqa: BLE001 - one clear line for the user
         print(f"set_config: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {path} ({', '.join(f'{k}={v}' for k, v in changes.items())})")
+    settings = [f"{k}={v}" for k, v in changes.items()] + [f"name={args.name}"]
+    print(f"wrote {path} ({', '.join(settings)})")
     return 0
 
 

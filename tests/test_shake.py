@@ -201,6 +201,9 @@ def test_set_config_puts_the_test_on_trained_weights(tmp_path, capsys):
     for (name, a), (_, b) in zip(plain.state_dict().items(), gated.state_dict().items()):
         assert torch.equal(a, b), name
     assert source.read_bytes() == before
+    named = tmp_path / "named.safetensors"
+    assert set_config.main([str(source), str(named), "--name", "small-edges"]) == 0
+    assert load_model(named).config.name == "small-edges"
     assert set_config.main([str(source), str(tmp_path / "x.safetensors"), "--set", "width=8"]) == 2
     assert "cannot be set on trained weights" in capsys.readouterr().err
     assert set_config.main([str(source), str(source), "--set", "shake_edges_below=1"]) == 2
