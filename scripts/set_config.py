@@ -40,7 +40,7 @@ def with_config(weights: str | Path, out: str | Path, changes: dict,
     from m2ae_core.weights import save_weights
 
     if Path(out).resolve() == Path(weights).resolve():
-        raise ValueError("OUT must be a new file: the original checkpoint is kept")
+        raise ValueError("OUT must differ from WEIGHTS: the original checkpoint is kept")
     model = load_model(weights)
     config = dataclasses.replace(model.config, name=name, **changes)
     rebuilt = M2AENet(config)
