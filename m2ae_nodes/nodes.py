@@ -74,6 +74,14 @@ def _threshold_input() -> io.Input:
                 "faint blur, raise it to process fewer pixels.")
 
 
+def _shake_input() -> io.Input:
+    return io.Boolean.Input(
+        "detect_camera_shake", default=True, optional=True,
+        tooltip="Models with a camera-shake test (the bundled default) mark a whole photo as "
+                "blurred when it has almost no crisp edge. Turn off for a subject moving in "
+                "front of a plain, featureless backdrop.")
+
+
 # --------------------------------------------------------------------------- helpers
 
 def _check_image(image) -> torch.Tensor:
@@ -121,10 +129,12 @@ def _make_room(m: M2AEModel, image: torch.Tensor, tile: int | None) -> None:
 
 def run_deblur(m: M2AEModel, image: torch.Tensor, *, mask=None, threshold: float = 0.5,
                preserve_sharp: bool = False, tile: int | None = None,
-               tile_context: str = "image", maps_only: bool = False) -> list[DeblurResult]:
+               tile_context: str = "image", maps_only: bool = False,
+               shake_test: bool = True) -> list[DeblurResult]:
     """``m2ae_core.deblur`` on each batch item, with ComfyUI's progress bar and cancel button.
 
     ``maps_only``: ``m2ae_core.analyze`` instead (mask, probability, trajectory; no restore).
+    ``shake_test``: as in ``m2ae_core.deblur``.
     """
     if not isinstance(m, M2AEModel):
         raise M2AEError("M2AE: the m2ae_model input must come from a 'Load M2AE Model' node")
@@ -149,12 +159,14 @@ def run_deblur(m: M2AEModel, image: torch.Tensor, *, mask=None, threshold: float
                 if maps_only:
                     results.append(analyze(network, image[item:item + 1], mask=item_mask,
                                            threshold=float(threshold), tile=tile,
-                                           tile_context=tile_context, progress=progress))
+                                           tile_context=tile_context, progress=progress,
+                                           shake_test=bool(shake_test)))
                 else:
                     results.append(deblur(network, image[item:item + 1], mask=item_mask,
                                           threshold=float(threshold), pruned=True,
                                           preserve_sharp=bool(preserve_sharp), tile=tile,
-                                          tile_context=tile_context, progress=progress))
+                                          tile_context=tile_context, progress=progress,
+                                          shake_test=bool(shake_test)))
     finally:
         if m.offload_device != m.device:
             network.to(m.offload_device)
@@ -225,7 +237,7 @@ class M2AEPredictBlurMask(io.ComfyNode):
                         "MASK (1 = blurred) and the blur probability (0..1) as a second MASK. "
                         "Grow, blur or edit the mask with ComfyUI's mask nodes and feed it to "
                         "M2AE Pruned Deblur.",
-            inputs=[_model_input(), _image_input(), _threshold_input()],
+            inputs=[_model_input(), _image_input(), _threshold_input(), _shake_input()],
             outputs=[
                 io.Mask.Output("mask", display_name="mask",
                                tooltip="1 where the probability exceeds the threshold."),
@@ -235,8 +247,9 @@ class M2AEPredictBlurMask(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, m2ae_model, image, threshold) -> io.NodeOutput:
-        results = run_deblur(m2ae_model, image, threshold=threshold, maps_only=True)
+    def execute(cls, m2ae_model, image, threshold, detect_camera_shake=True) -> io.NodeOutput:
+        results = run_deblur(m2ae_model, image, threshold=threshold, maps_only=True,
+                             shake_test=detect_camera_shake)
         return io.NodeOutput(_masks(results, "mask"), _masks(results, "probability"))
 
 
@@ -251,7 +264,7 @@ class M2AEEstimateTrajectory(io.ComfyNode):
                         "on a colour wheel (hue = direction, saturation = length; white = no "
                         "motion, one scale for the whole batch); the M2AE_TRAJECTORY output "
                         "carries the start/end displacement maps in pixels.",
-            inputs=[_model_input(), _image_input(), _threshold_input()],
+            inputs=[_model_input(), _image_input(), _threshold_input(), _shake_input()],
             outputs=[
                 io.Image.Output("trajectory_image", display_name="trajectory_image",
                                 tooltip="Colour-wheel picture of the motion, input resolution."),
@@ -262,12 +275,13 @@ class M2AEEstimateTrajectory(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, m2ae_model, image, threshold) -> io.NodeOutput:
+    def execute(cls, m2ae_model, image, threshold, detect_camera_shake=True) -> io.NodeOutput:
         if isinstance(m2ae_model, M2AEModel) and not m2ae_model.has_trajectory:
             raise M2AEError(f"M2AE: '{m2ae_model.name}' is a plain NAFNet backbone without the "
                             "motion-aware stage, so it estimates no trajectory; load an M2AE "
                             "model (such as the bundled default)")
-        results = run_deblur(m2ae_model, image, threshold=threshold, maps_only=True)
+        results = run_deblur(m2ae_model, image, threshold=threshold, maps_only=True,
+                             shake_test=detect_camera_shake)
         trajectory = torch.stack([torch.from_numpy(np.asarray(r.trajectory, np.float32))
                                   for r in results])  # [B,2,2,H,W]
         motion = torch.linalg.vector_norm(trajectory[:, 1] - trajectory[:, 0], dim=1)
@@ -318,6 +332,7 @@ class M2AEPrunedDeblur(io.ComfyNode):
                             "pooled statistics, as untiled (two passes, about twice the "
                             "time); tile: each tile its own (one pass, tiles may differ "
                             "slightly)."),
+                _shake_input(),
             ],
             outputs=[
                 io.Image.Output("restored", display_name="image",
@@ -338,7 +353,7 @@ class M2AEPrunedDeblur(io.ComfyNode):
 
     @classmethod
     def execute(cls, m2ae_model, image, threshold, preserve_sharp, tile_size,
-                mask=None, tile_context="image") -> io.NodeOutput:
+                mask=None, tile_context="image", detect_camera_shake=True) -> io.NodeOutput:
         message = cls.validate_inputs(tile_size)
         if message is not True:
             raise M2AEError(f"M2AE: {message}")
@@ -348,7 +363,7 @@ class M2AEPrunedDeblur(io.ComfyNode):
                             "disconnect the mask to use the predicted one")
         results = run_deblur(m2ae_model, image, mask=mask, threshold=threshold,
                              preserve_sharp=preserve_sharp, tile=tile_size or None,
-                             tile_context=tile_context)
+                             tile_context=tile_context, shake_test=detect_camera_shake)
         return io.NodeOutput(_images(results), _masks(results, "mask"))
 
 

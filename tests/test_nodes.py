@@ -117,7 +117,9 @@ else:
         assert M2AEEstimateTrajectory.RETURN_TYPES == ["IMAGE", "M2AE_TRAJECTORY"]
         assert M2AEPrunedDeblur.RETURN_TYPES == ["IMAGE", "MASK"]
         info = M2AEPrunedDeblur.GET_NODE_INFO_V1()
-        assert list(info["input"]["optional"]) == ["mask", "tile_context"]
+        assert list(info["input"]["optional"]) == ["mask", "tile_context", "detect_camera_shake"]
+        for node in (M2AEPredictBlurMask, M2AEEstimateTrajectory):
+            assert list(node.GET_NODE_INFO_V1()["input"]["optional"]) == ["detect_camera_shake"]
 
     def test_repo_root_is_the_pack_entry_point():
         spec = importlib.util.spec_from_file_location(
@@ -343,6 +345,29 @@ else:
         schema = M2AEPrunedDeblur.define_schema()
         option = next(i for i in schema.inputs if i.id == "tile_context")
         assert option.optional and option.default == "image"
+
+    def test_camera_shake_option_reaches_the_library(tiny, monkeypatch):
+        import m2ae_nodes.nodes as nodes_module
+        seen = []
+
+        def spy(real):
+            def call(*args, **kwargs):
+                seen.append(kwargs["shake_test"])
+                return real(*args, **kwargs)
+            return call
+
+        monkeypatch.setattr(nodes_module, "deblur", spy(deblur))
+        monkeypatch.setattr(nodes_module, "analyze", spy(nodes_module.analyze))
+        image = photo(height=64, width=64, seed=7)
+        M2AEPrunedDeblur.execute(tiny, image, 0.5, False, 0)  # graphs without the input
+        M2AEPrunedDeblur.execute(tiny, image, 0.5, False, 0, detect_camera_shake=False)
+        M2AEPredictBlurMask.execute(tiny, image, 0.5)
+        M2AEPredictBlurMask.execute(tiny, image, 0.5, detect_camera_shake=False)
+        M2AEEstimateTrajectory.execute(tiny, image, 0.5, detect_camera_shake=False)
+        assert seen == [True, False, True, False, False]
+        option = next(i for i in M2AEPrunedDeblur.define_schema().inputs
+                      if i.id == "detect_camera_shake")
+        assert option.optional and option.default is True
 
     def test_interrupt_stops_at_the_next_tile(tiny, monkeypatch):
         calls = []
