@@ -208,7 +208,7 @@ def mask_from_editor(editor) -> Image.Image | None:
 # --------------------------------------------------------------------------- #
 # the model call (the only part that needs a GPU)
 # --------------------------------------------------------------------------- #
-def _gpu_seconds(image, mask, threshold, preserve_sharp, progress=None) -> int:
+def _gpu_seconds(image, mask, threshold, preserve_sharp, shake_test=True, progress=None) -> int:
     """ZeroGPU time to reserve: grows with the image (about 2 s per megapixel, 20..120 s)."""
     width, height = (image.shape[1], image.shape[0]) if isinstance(image, np.ndarray) else image.size
     return int(min(120, 20 + 2 * width * height / 1e6))
@@ -222,9 +222,10 @@ def _gpu(function):
 
 
 @_gpu
-def run_model(image, mask, threshold: float, preserve_sharp: bool, progress=None):
+def run_model(image, mask, threshold: float, preserve_sharp: bool, shake_test: bool = True,
+              progress=None):
     return deblur(_MODEL, image, mask=mask, threshold=threshold, preserve_sharp=preserve_sharp,
-                  progress=progress)
+                  shake_test=shake_test, progress=progress)
 
 
 # --------------------------------------------------------------------------- #
@@ -246,7 +247,7 @@ def _stats_markdown(stats: dict, mask: np.ndarray, user_mask: bool) -> str:
 
 
 def make_restore(max_pixels: int):
-    def restore(image_payload, mask_payload, threshold, preserve_sharp,
+    def restore(image_payload, mask_payload, threshold, preserve_sharp, detect_shake=True,
                 progress=gr.Progress()):
         found = _payload_path(image_payload)
         if found is None:
@@ -264,7 +265,7 @@ def make_restore(max_pixels: int):
                 progress((done, total), desc="restoring tiles")
         try:
             result = run_model(image, user_mask, float(threshold), bool(preserve_sharp),
-                               progress=tick)
+                               bool(detect_shake), progress=tick)
         except M2AEError as exc:
             raise gr.Error(_clean_message(exc, path, name)) from None
         except (MemoryError, RuntimeError) as exc:
@@ -298,7 +299,8 @@ def make_restore(max_pixels: int):
 
         stats = dict(result.stats)
         stats.update(width=before.width, height=before.height, threshold=float(threshold),
-                     preserve_sharp=bool(preserve_sharp), user_mask=user_mask is not None,
+                     preserve_sharp=bool(preserve_sharp), shake_test=bool(detect_shake),
+                     user_mask=user_mask is not None,
                      mask_fraction=float(np.mean(result.mask)))
         return ((str(before_path), str(after_path)), str(overlay_path),
                 None if trajectory_path is None else str(trajectory_path),
@@ -345,6 +347,11 @@ def build_demo(*, max_pixels: int = DEFAULT_MAX_PIXELS, model_note: str = "") ->
                         value=False, label="Preserve sharp pixels",
                         info="keep pixels outside the mask exactly as uploaded",
                         elem_id="preserve-sharp")
+                    detect_shake = gr.Checkbox(
+                        value=True, label="Detect camera shake",
+                        info="restore a photo with no crisp edge as a whole; off for a "
+                             "subject on a plain backdrop",
+                        elem_id="detect-shake")
                 with gr.Accordion("Draw the blur mask yourself (optional)", open=False,
                                   elem_id="mask-accordion"):
                     gr.Markdown(MASK_HELP)
@@ -380,7 +387,8 @@ def build_demo(*, max_pixels: int = DEFAULT_MAX_PIXELS, model_note: str = "") ->
                         outputs=mask_editor, preprocess=False, concurrency_limit=None,
                         show_progress="minimal", api_visibility="private")
         restore_btn.click(make_restore(max_pixels),
-                          inputs=[image_in, mask_editor, threshold, preserve_sharp],
+                          inputs=[image_in, mask_editor, threshold, preserve_sharp,
+                                  detect_shake],
                           outputs=[slider, overlay, trajectory, stats_md, stats_json, files],
                           preprocess=False, api_name="restore", concurrency_id="model")
     return demo

@@ -139,8 +139,8 @@ def _photo(path: Path, width: int, height: int, seed: int = 0) -> Path:
     return path
 
 
-def _restore(client, image, mask=None, threshold=0.5, preserve_sharp=False):
-    return client.predict(handle_file(str(image)), mask, threshold, preserve_sharp,
+def _restore(client, image, mask=None, threshold=0.5, preserve_sharp=False, detect_shake=True):
+    return client.predict(handle_file(str(image)), mask, threshold, preserve_sharp, detect_shake,
                           api_name="/restore")
 
 
@@ -174,7 +174,7 @@ def test_restore_returns_png_of_input_size_binary_mask_and_stats(client, tmp_pat
         assert key in stats, key
     assert 0.0 <= stats["fraction_processed"] <= 1.0
     assert 0 < stats["macs"] <= stats["dense_macs"]
-    assert stats["seconds"] > 0 and stats["user_mask"] is False
+    assert stats["seconds"] > 0 and stats["user_mask"] is False and stats["shake_test"] is True
     assert abs(stats["mask_fraction"] - (mask > 0).mean()) < 1e-6
     assert "GMAC" in summary and "%" in summary and " s** on cpu" in summary
 
@@ -247,7 +247,7 @@ def test_oversize_image_gives_a_clear_error(client, tmp_path):
 
 def test_missing_image_gives_a_clear_error(client):
     with pytest.raises(AppError, match="Upload a photo first"):
-        client.predict(None, None, 0.5, False, api_name="/restore")
+        client.predict(None, None, 0.5, False, True, api_name="/restore")
 
 
 def test_two_concurrent_requests_both_succeed(server, tmp_path):
@@ -258,13 +258,13 @@ def test_two_concurrent_requests_both_succeed(server, tmp_path):
     clients = [Client(server, verbose=False, download_files=str(tmp_path / f"dl{i}"))
                for i in range(len(sizes))]
     jobs = [c.submit(handle_file(str(_photo(tmp_path / f"c{i}.png", w, h, seed=i))), None,
-                     0.5, True, api_name="/restore")
+                     0.5, True, False, api_name="/restore")
             for i, (c, (w, h)) in enumerate(zip(clients, sizes))]
     for job, size in zip(jobs, sizes):
         (before, after), *_, stats, files = job.result(timeout=120)
         with Image.open(_files_by_suffix(files)["restored"]) as im:
             assert im.size == size
-        assert stats["preserve_sharp"] is True
+        assert stats["preserve_sharp"] is True and stats["shake_test"] is False
 
 
 # --------------------------------------------------------------------------- #
@@ -331,6 +331,16 @@ def test_without_spaces_the_model_call_is_plain(monkeypatch):
     app = _load_app("m2ae_demo_app_plain")
     assert app.spaces is None and not app.on_zero_gpu()
     assert app._gpu(len) is len
+
+
+def test_the_shake_checkbox_reaches_the_library(monkeypatch):
+    app = _load_app("m2ae_demo_app_shake")
+    seen = []
+    monkeypatch.setattr(app, "_MODEL", object())
+    monkeypatch.setattr(app, "deblur", lambda model, image, **kw: seen.append(kw["shake_test"]))
+    app.run_model(Image.new("RGB", (8, 8)), None, 0.5, False, False)
+    app.run_model(Image.new("RGB", (8, 8)), None, 0.5, False)
+    assert seen == [False, True]
 
 
 def test_stats_say_when_camera_shake_was_found():
