@@ -169,6 +169,16 @@ def _read_mask(path: Path, shape: tuple[int, int], name: str) -> np.ndarray:
     return arr
 
 
+def masked_samples(dataset_dir):
+    """(sample, blurred image [1,3,H,W], ground-truth mask bool [H,W]) for each sample of a
+    dataset that has a mask, in order: what the mask studies in scripts/ walk over."""
+    for sample in find_samples(dataset_dir)[1]:
+        if sample.mask is None:
+            continue
+        blur = _read_rgb(sample.blur)
+        yield sample, blur, _read_mask(sample.mask, tuple(blur.shape[-2:]), sample.name)
+
+
 def sample_kind(sample: EvalSample, gt_mask: np.ndarray | None) -> str | None:
     """"local" or "global": the manifest's word, else an all-ones mask means global."""
     if sample.kind is not None or gt_mask is None:

@@ -57,19 +57,16 @@ def oracle_grid(dataset, *, limit: int | None = None, windows=WINDOWS,
     """``(rows, samples)``: one row per cell, ``window``, ``threshold``, ``dilation`` and
     ``iou`` (mean over the local samples that have a mask)."""
     from m2ae_core import metrics
-    from m2ae_core.evaluate import EvalError, _read_mask, _read_rgb, find_samples, sample_kind
+    from m2ae_core.evaluate import EvalError, _read_rgb, masked_samples, sample_kind
 
     scores = {(w, t, d): [] for w in windows for t in thresholds for d in dilations}
     local = 0
-    for sample in find_samples(dataset)[1]:
+    for sample, blur, truth in masked_samples(dataset):
         if limit is not None and local >= limit:
             break
-        if sample.mask is None:
-            continue
-        blur, sharp = _read_rgb(sample.blur), _read_rgb(sample.sharp)
-        truth = _read_mask(sample.mask, tuple(blur.shape[-2:]), sample.name)
         if sample_kind(sample, truth) != "local":
             continue
+        sharp = _read_rgb(sample.sharp)
         local += 1
         for window in windows:  # the windowed difference once per window, not per cell
             difference = windowed_difference(blur, sharp, window)

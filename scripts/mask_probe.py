@@ -55,15 +55,11 @@ def probe_mask(net: ProbeNet, image: torch.Tensor, threshold: float = 0.5) -> np
 def bench_scores(net: ProbeNet, dataset) -> dict:
     """Mean mask IoU and share marked on the local samples; share marked on the global ones."""
     from m2ae_core import metrics
-    from m2ae_core.evaluate import _read_mask, _read_rgb, find_samples, sample_kind
+    from m2ae_core.evaluate import masked_samples, sample_kind
 
     net.eval()
     local_iou, local_marked, global_marked = [], [], []
-    for sample in find_samples(dataset)[1]:
-        if sample.mask is None:
-            continue
-        blur = _read_rgb(sample.blur)
-        truth = _read_mask(sample.mask, tuple(blur.shape[-2:]), sample.name)
+    for sample, blur, truth in masked_samples(dataset):
         used = probe_mask(net, blur)
         if sample_kind(sample, truth) == "global":
             global_marked.append(float(used.mean()))

@@ -36,16 +36,12 @@ DEFAULT_SHARP_SHARES = (0.6, 0.7, 0.8)
 def sweep(model, dataset, thresholds=DEFAULT_THRESHOLDS) -> dict:
     """``{"samples": n, "true_fraction": mean, "rows": [{threshold, iou, marked}, ...]}``."""
     from m2ae_core import analyze, metrics
-    from m2ae_core.evaluate import _read_mask, _read_rgb, find_samples
+    from m2ae_core.evaluate import masked_samples
 
     ious = {t: [] for t in thresholds}
     marked = {t: [] for t in thresholds}
     true_fraction = []
-    for sample in find_samples(dataset)[1]:
-        if sample.mask is None:
-            continue
-        blur = _read_rgb(sample.blur)
-        truth = _read_mask(sample.mask, tuple(blur.shape[-2:]), sample.name)
+    for _, blur, truth in masked_samples(dataset):
         if truth.all():  # global samples: every pixel is blurred, nothing to rank
             continue
         true_fraction.append(truth.mean())
@@ -101,14 +97,10 @@ def edge_share_and_local_mask(model, image, sharp_shares) -> tuple[list, np.ndar
 def _frames(model, dataset, decide) -> list:
     """(is global, decision scores, IoU of the local mask, IoU if marked whole) per sample."""
     from m2ae_core import metrics
-    from m2ae_core.evaluate import _read_mask, _read_rgb, find_samples, sample_kind
+    from m2ae_core.evaluate import masked_samples, sample_kind
 
     frames = []
-    for sample in find_samples(dataset)[1]:
-        if sample.mask is None:
-            continue
-        blur = _read_rgb(sample.blur)
-        truth = _read_mask(sample.mask, tuple(blur.shape[-2:]), sample.name)
+    for sample, blur, truth in masked_samples(dataset):
         scores, local = decide(model, blur)
         frames.append((sample_kind(sample, truth) == "global", scores,
                        metrics.mask_iou(local, truth), float(truth.mean())))
@@ -153,12 +145,10 @@ def edges_sweep(model, dataset, thresholds=DEFAULT_EDGE_THRESHOLDS,
     marked whole, for each ``sharp_share`` x threshold; rows add ``sharp_share``."""
     frames = _frames(model, dataset,
                      lambda m, image: edge_share_and_local_mask(m, image, sharp_shares))
-    settings = [{"sharp_share": k, "threshold": t, "index": i}
-                for i, k in enumerate(sharp_shares) for t in thresholds]
-    rows = _flag_rows(frames, settings,
-                      lambda shares, setting: shares[setting["index"]] < setting["threshold"])
-    for row in rows:
-        del row["index"]
+    settings = [{"sharp_share": k, "threshold": t} for k in sharp_shares for t in thresholds]
+    column = {k: i for i, k in enumerate(sharp_shares)}  # a frame's scores follow sharp_shares
+    rows = _flag_rows(frames, settings, lambda shares, setting:
+                      shares[column[setting["sharp_share"]]] < setting["threshold"])
     return {**_counts(frames), "rows": rows}
 
 

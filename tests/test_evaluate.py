@@ -57,6 +57,23 @@ def test_find_samples_synthetic_layout(dataset):
     assert all(s.mask is not None and s.trajectory is not None for s in samples)
 
 
+def test_masked_samples_reads_image_and_mask_and_skips_maskless_pairs(dataset, tmp_path):
+    from m2ae_core.evaluate import masked_samples
+
+    read = list(masked_samples(dataset))
+    assert [s.name for s, _, _ in read] == ["0000", "0001", "0002"]
+    for sample, blur, truth in read:
+        assert tuple(blur.shape) == (1, 3, 64, 64) and truth.shape == (64, 64)
+        stored = np.asarray(Image.open(dataset / "mask" / f"{sample.name}.png").convert("L")) > 127
+        assert (truth == stored).all()
+    assert read[2][2].all() and not read[0][2].all()  # the global sample's mask is all ones
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    Image.fromarray(_texture(0, 40, 48)).save(pairs / "Car_blur.png")
+    Image.fromarray(_texture(1, 40, 48)).save(pairs / "Car_sharp.png")
+    assert list(masked_samples(pairs)) == []  # a pair has no mask
+
+
 def test_evaluate_records_and_aggregates(results):
     assert results["progress_calls"] == [(1, 3), (2, 3), (3, 3)]
     samples = results["samples"]
