@@ -82,7 +82,8 @@ def run_deblur(args: argparse.Namespace) -> int:
             result = deblur(model, image, mask=mask, threshold=args.threshold,
                             preserve_sharp=args.preserve_sharp, tile=args.tile,
                             tile_context=args.tile_context, pruned=not args.dense,
-                            shake_test=not args.no_shake_test)
+                            shake_test=not args.no_shake_test,
+                            progress=_tile_progress(bar, index, source.name))
             target.parent.mkdir(parents=True, exist_ok=True)
             imageio.save_image(result.image, target)
             if args.save_mask:
@@ -113,6 +114,15 @@ def run_deblur(args: argparse.Namespace) -> int:
         print(f"m2ae: {failures} of {len(inputs)} inputs failed", file=sys.stderr)
         return 1
     return 0
+
+
+def _tile_progress(bar, index: int, name: str):
+    """deblur's per-tile callback, moving the bar within input ``index``: a big photo takes
+    minutes on a CPU, and a bar that only counts photos would stand still meanwhile."""
+    def report(done: int, total: int) -> None:
+        if total > 1:
+            bar.update(index + done / total, f"{name} tile {done}/{total}")
+    return report
 
 
 def _mask_for(mask_arg: str | None, source: Path):

@@ -14,7 +14,9 @@ class ProgressBar:
         self.started = time.perf_counter()
         self.done = 0
 
-    def update(self, done: int, note: str = "") -> None:
+    def update(self, done: float, note: str = "") -> None:
+        """``done`` may be fractional (an item part-way through, e.g. its tiles); the count
+        shows whole items, the bar and the ETA use the fraction."""
         self.done = done
         if not self.enabled:
             return
@@ -23,8 +25,8 @@ class ProgressBar:
         elapsed = time.perf_counter() - self.started
         eta = elapsed / done * (self.total - done) if done else 0.0
         bar = "#" * filled + "-" * (width - filled)
-        self.stream.write(f"\r{self.label} [{bar}] {done}/{self.total} "
-                          f"{elapsed:5.1f}s eta {eta:5.1f}s {note[:30]:30s}")
+        self.stream.write(f"\r{self.label} [{bar}] {int(done)}/{self.total} "
+                          f"{elapsed:5.1f}s eta {eta:5.1f}s {note[:40]:40s}")
         self.stream.flush()
 
     def close(self) -> None:

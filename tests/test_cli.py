@@ -1,4 +1,5 @@
 """``m2ae deblur``: files and folders in, results out, clean failures, inputs never touched."""
+import io
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ from PIL import Image
 from conftest import randomize_
 from m2ae_core import build_model, save_weights
 from m2ae_core.cli import main
+from m2ae_core.tiling import tile_grid
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +51,28 @@ def test_tile_context_reaches_deblur(tmp_path, weights):
     assert not np.array_equal(outputs["image"], outputs["tile"])
     with pytest.raises(SystemExit):
         main(["deblur", str(src), "-o", str(tmp_path / "x.png"), "--tile-context", "whole"])
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_moves_with_the_tiles_of_a_big_input(tmp_path, weights, monkeypatch):
+    src = write_photo(tmp_path / "in.png", size=(200, 150))
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["deblur", str(src), "-o", str(tmp_path / "out.png"), "--weights", str(weights),
+                 "--tile", "96", "--tile-context", "tile"]) == 0
+    frames = terminal.getvalue().split("\r")
+    tiles = len(tile_grid(150, 200, 96))
+    assert tiles > 1
+    # every tile is reported while the photo is under way, then the photo counts as done
+    tile_notes = [f for f in frames if "in.png tile" in f]
+    assert [f.split("tile ")[1].split()[0] for f in tile_notes] == [
+        f"{k}/{tiles}" for k in range(1, tiles + 1)]
+    assert all(" 0/1 " in f for f in tile_notes[:-1])
+    assert " 1/1 " in frames[-1]
 
 
 def test_folder_of_inputs_and_a_bad_file(tmp_path, weights, capsys):
