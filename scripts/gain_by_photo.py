@@ -6,8 +6,8 @@ Each local sample is credited to every photo its moving objects were cut from (t
 pixels are theirs). Prints a Markdown table per pair. When the dataset's images sit next to
 its manifest, it also prints how textured the blurred regions are: the mean absolute grey
 level step between neighbouring pixels of the sharp image inside the true mask. Used to find
-out whether the benchmark's small gain comes from its photos or from its settings (README,
-"Results").
+out whether the benchmark's small gain comes from its photos or from its settings
+(docs/training-experiments.md, "The benchmark's photos are hard ones").
 """
 from __future__ import annotations
 
