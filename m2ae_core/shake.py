@@ -10,7 +10,8 @@ largest one-pixel step is most of the rise over four pixels across it: a step ed
 
 Why not the learned heads: sessions 9-11 (issue 3) found that a decision pooled from the
 small network's features cannot tell a shaken frame from a smooth one with a moving object;
-this count can, on the synthetic sets (docs/training-experiments.md, "Camera shake from sharp edges").
+this count can, on the synthetic sets (docs/training-experiments.md, "Camera shake from sharp
+edges").
 """
 from __future__ import annotations
 
