@@ -118,10 +118,11 @@ def run_deblur(args: argparse.Namespace) -> int:
 
 def _tile_progress(bar, index: int, name: str):
     """deblur's per-tile callback, moving the bar within input ``index``: a big photo takes
-    minutes on a CPU, and a bar that only counts photos would stand still meanwhile."""
+    minutes on a CPU, and a bar that only counts photos would stand still meanwhile. It counts
+    tile steps: with the whole image's context (the default) every tile runs twice."""
     def report(done: int, total: int) -> None:
         if total > 1:
-            bar.update(index + done / total, f"{name} tile {done}/{total}")
+            bar.update(index + done / total, f"{name} tile step {done}/{total}")
     return report
 
 

@@ -60,19 +60,21 @@ class _Terminal(io.StringIO):
 
 def test_progress_bar_moves_with_the_tiles_of_a_big_input(tmp_path, weights, monkeypatch):
     src = write_photo(tmp_path / "in.png", size=(200, 150))
-    terminal = _Terminal()
-    monkeypatch.setattr(sys, "stderr", terminal)
-    assert main(["deblur", str(src), "-o", str(tmp_path / "out.png"), "--weights", str(weights),
-                 "--tile", "96", "--tile-context", "tile"]) == 0
-    frames = terminal.getvalue().split("\r")
     tiles = len(tile_grid(150, 200, 96))
     assert tiles > 1
-    # every tile is reported while the photo is under way, then the photo counts as done
-    tile_notes = [f for f in frames if "in.png tile" in f]
-    assert [f.split("tile ")[1].split()[0] for f in tile_notes] == [
-        f"{k}/{tiles}" for k in range(1, tiles + 1)]
-    assert all(" 0/1 " in f for f in tile_notes[:-1])
-    assert " 1/1 " in frames[-1]
+    # one pass per tile with per-tile context, two with the whole image's (the default)
+    for context, steps in (("tile", tiles), ("image", 2 * tiles)):
+        terminal = _Terminal()
+        monkeypatch.setattr(sys, "stderr", terminal)
+        assert main(["deblur", str(src), "-o", str(tmp_path / f"{context}.png"),
+                     "--weights", str(weights), "--tile", "96", "--tile-context", context]) == 0
+        frames = terminal.getvalue().split("\r")
+        # every step is reported while the photo is under way, then the photo counts as done
+        notes = [f for f in frames if "in.png tile step" in f]
+        assert [f.split("tile step ")[1].split()[0] for f in notes] == [
+            f"{k}/{steps}" for k in range(1, steps + 1)]
+        assert all(" 0/1 " in f for f in notes[:-1])
+        assert " 1/1 " in frames[-1]
 
 
 def test_folder_of_inputs_and_a_bad_file(tmp_path, weights, capsys):
