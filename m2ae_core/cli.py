@@ -82,7 +82,7 @@ def run_deblur(args: argparse.Namespace) -> int:
             result = deblur(model, image, mask=mask, threshold=args.threshold,
                             preserve_sharp=args.preserve_sharp, tile=args.tile,
                             tile_context=args.tile_context, pruned=not args.dense,
-                            shake_test=not args.no_shake_test,
+                            shake_test=not args.no_shake_test, ensemble=args.ensemble,
                             progress=_tile_progress(bar, index, source.name))
             target.parent.mkdir(parents=True, exist_ok=True)
             imageio.save_image(result.image, target)
@@ -95,6 +95,8 @@ def run_deblur(args: argparse.Namespace) -> int:
             note = (f"{source.name}: {stats['fraction_processed']:.1%} processed, "
                     f"{stats['macs'] / 1e9:.1f}/{stats['dense_macs'] / 1e9:.1f} GMAC, "
                     f"{stats['seconds']:.1f}s -> {target}")
+            if stats["ensemble"] > 1:
+                note += f" (self-ensemble of {stats['ensemble']})"
             if stats.get("camera_shake"):
                 note += " (camera shake: whole frame restored)"
             if not bar.enabled:
@@ -119,10 +121,11 @@ def run_deblur(args: argparse.Namespace) -> int:
 def _tile_progress(bar, index: int, name: str):
     """deblur's per-tile callback, moving the bar within input ``index``: a big photo takes
     minutes on a CPU, and a bar that only counts photos would stand still meanwhile. It counts
-    tile steps: with the whole image's context (the default) every tile runs twice."""
+    network steps: with the whole image's context (the default) every tile runs twice, and a
+    self-ensemble runs every view."""
     def report(done: int, total: int) -> None:
         if total > 1:
-            bar.update(index + done / total, f"{name} tile step {done}/{total}")
+            bar.update(index + done / total, f"{name} step {done}/{total}")
     return report
 
 
@@ -168,6 +171,12 @@ def add_deblur_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep pixels outside the (feathered) blur mask exactly as in "
                              "the input; inside a predicted mask, blend toward the input "
                              "where the blur probability is low")
+    from .self_ensemble import ENSEMBLE_SIZES
+
+    parser.add_argument("--ensemble", type=int, choices=ENSEMBLE_SIZES, default=1,
+                        help="restore this many mirrored / rotated copies and average them "
+                             "(self-ensemble): a little more detail and a quieter background "
+                             "for N times the time (default 1; 8 = best)")
     parser.add_argument("--dense", action="store_true",
                         help="run the dense masked path instead of the pixel-pruned one (same result, slower)")
     parser.add_argument("--no-shake-test", action="store_true",

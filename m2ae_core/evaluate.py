@@ -39,6 +39,7 @@ import numpy as np
 
 from . import imageio, metrics
 from .errors import M2AEError
+from .self_ensemble import ENSEMBLE_SIZES, views
 
 __all__ = ["PSNR_CAP", "SUBSETS", "IMAGE_METRICS", "EvalSample", "find_samples", "evaluate",
            "aggregate", "write_report", "format_markdown", "add_eval_arguments", "run_eval",
@@ -235,7 +236,7 @@ def _device_of(model):
 
 
 def _evaluate_sample(model, sample: EvalSample, threshold: float, pruned: bool,
-                     preserve_sharp: bool = False) -> dict:
+                     preserve_sharp: bool = False, ensemble: int = 1) -> dict:
     from .inference import deblur
 
     blur = _read_rgb(sample.blur)
@@ -258,7 +259,7 @@ def _evaluate_sample(model, sample: EvalSample, threshold: float, pruned: bool,
         import torch
         torch.cuda.reset_peak_memory_stats(device)
     result = deblur(model, blur, threshold=threshold, pruned=pruned,
-                    preserve_sharp=preserve_sharp)
+                    preserve_sharp=preserve_sharp, ensemble=ensemble)
     peak = None
     if cuda:
         import torch
@@ -323,11 +324,12 @@ def _model_info(model) -> dict:
 
 def evaluate(model, dataset_dir, *, threshold: float = 0.5, pruned: bool = True,
              preserve_sharp: bool = False, limit: int | None = None,
-             progress: ProgressCallback | None = None) -> dict:
+             progress: ProgressCallback | None = None, ensemble: int = 1) -> dict:
     """Run :func:`~m2ae_core.inference.deblur` on every sample of ``dataset_dir``.
 
     ``preserve_sharp``: as in ``deblur`` (input kept outside the feathered predicted mask,
-    blended in by the blur probability inside it).
+    blended in by the blur probability inside it). ``ensemble``: as in ``deblur``
+    (self-ensemble over that many mirrored / rotated views).
     ``limit``: only the first N samples (in manifest / name order). ``progress(done,
     total)`` is called after each sample (raise from it to abort). Returns
     ``{"model", "dataset", "settings", "samples": [per-sample dict], "aggregates":
@@ -335,12 +337,14 @@ def evaluate(model, dataset_dir, *, threshold: float = 0.5, pruned: bool = True,
     """
     if limit is not None and int(limit) <= 0:
         raise ValueError(f"limit must be positive, got {limit}")
+    views(ensemble)  # refuse a bad size before the first sample
     layout, samples, info = find_samples(dataset_dir)
     if limit is not None:
         samples = samples[:int(limit)]
     records = []
     for index, sample in enumerate(samples):
-        records.append(_evaluate_sample(model, sample, threshold, pruned, preserve_sharp))
+        records.append(_evaluate_sample(model, sample, threshold, pruned, preserve_sharp,
+                                        ensemble))
         if progress is not None:
             progress(index + 1, len(samples))
     kinds = [r["kind"] for r in records]
@@ -349,7 +353,7 @@ def evaluate(model, dataset_dir, *, threshold: float = 0.5, pruned: bool = True,
                "global": kinds.count("global"), **info}
     has_stages = bool(getattr(getattr(model, "config", None), "m2as_stages", ()))
     settings = {"threshold": float(threshold), "pruned": bool(pruned and has_stages),
-                "preserve_sharp": bool(preserve_sharp),
+                "preserve_sharp": bool(preserve_sharp), "ensemble": int(ensemble),
                 "limit": None if limit is None else int(limit), "psnr_cap": PSNR_CAP}
     return {"model": _model_info(model), "dataset": dataset, "settings": settings,
             "samples": records, "aggregates": aggregate(records)}
@@ -435,6 +439,8 @@ def format_markdown(results: dict, command: str | None = None) -> str:
              f"{'pruned' if settings['pruned'] else 'dense'} path"
              + (", input kept outside the predicted mask and blended in by blur probability "
                 "(preserve_sharp)" if settings.get("preserve_sharp") else "")
+             + (f", self-ensemble of {settings['ensemble']} views"
+                if settings.get("ensemble", 1) > 1 else "")
              + (f", first {settings['limit']} samples" if settings.get("limit") else ""),
              f"- Command: `{command or results.get('command') or shlex.join(sys.argv)}`", "",
              "Input = the blurred image vs ground truth (baseline); out = the restored image. "
@@ -499,6 +505,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--preserve-sharp", action="store_true",
                         help="keep the input outside the (feathered) predicted mask, as "
                              "m2ae deblur --preserve-sharp does")
+    parser.add_argument("--ensemble", type=int, choices=ENSEMBLE_SIZES, default=1,
+                        help="self-ensemble over N mirrored / rotated views, as m2ae deblur "
+                             "--ensemble does (default 1)")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="evaluate only the first N samples")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps ... (default cpu)")
@@ -518,6 +527,8 @@ def _command_line(args: argparse.Namespace) -> str:
         parts.append("--dense")
     if args.preserve_sharp:
         parts.append("--preserve-sharp")
+    if args.ensemble != 1:
+        parts += ["--ensemble", str(args.ensemble)]
     if args.limit is not None:
         parts += ["--limit", str(args.limit)]
     if args.device is not None:
@@ -547,7 +558,7 @@ def run_eval(args: argparse.Namespace) -> int:
         model = load_model(args.weights, device=args.device)
         results = evaluate(model, args.data, threshold=args.threshold, pruned=not args.dense,
                            preserve_sharp=args.preserve_sharp, limit=args.limit,
-                           progress=progress)
+                           progress=progress, ensemble=args.ensemble)
         results["command"] = _command_line(args)
         written = write_report(results, args.output) if args.output is not None else None
     except KeyboardInterrupt:

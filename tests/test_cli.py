@@ -53,6 +53,22 @@ def test_tile_context_reaches_deblur(tmp_path, weights):
         main(["deblur", str(src), "-o", str(tmp_path / "x.png"), "--tile-context", "whole"])
 
 
+def test_ensemble_reaches_deblur(tmp_path, weights, capsys):
+    from m2ae_core import deblur, imageio, load_model
+
+    src = write_photo(tmp_path / "in.png", size=(64, 48))
+    out = tmp_path / "x8.png"
+    assert main(["deblur", str(src), "-o", str(out), "--weights", str(weights),
+                 "--ensemble", "8"]) == 0
+    assert "self-ensemble of 8" in capsys.readouterr().out
+    expected = deblur(load_model(weights), imageio.read_image(src), ensemble=8).image
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(expected))
+    assert main(["deblur", str(src), "-o", str(tmp_path / "x1.png"), "--weights", str(weights)]) == 0
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "x1.png")), np.asarray(expected))
+    with pytest.raises(SystemExit):
+        main(["deblur", str(src), "-o", str(tmp_path / "x3.png"), "--ensemble", "3"])
+
+
 class _Terminal(io.StringIO):
     def isatty(self):
         return True
@@ -62,17 +78,22 @@ def test_progress_bar_moves_with_the_tiles_of_a_big_input(tmp_path, weights, mon
     src = write_photo(tmp_path / "in.png", size=(200, 150))
     tiles = len(tile_grid(150, 200, 96))
     assert tiles > 1
-    # one pass per tile with per-tile context, two with the whole image's (the default)
-    for context, steps in (("tile", tiles), ("image", 2 * tiles)):
+    # one pass per tile with per-tile context, two with the whole image's (the default);
+    # a self-ensemble runs them for every view
+    cases = (("tile", ["--tile", "96", "--tile-context", "tile"], tiles),
+             ("image", ["--tile", "96"], 2 * tiles),
+             ("ensemble", ["--tile", "96", "--tile-context", "tile", "--ensemble", "2"], 2 * tiles),
+             ("untiled-ensemble", ["--tile", "0", "--ensemble", "4"], 4))
+    for name, options, steps in cases:
         terminal = _Terminal()
         monkeypatch.setattr(sys, "stderr", terminal)
-        assert main(["deblur", str(src), "-o", str(tmp_path / f"{context}.png"),
-                     "--weights", str(weights), "--tile", "96", "--tile-context", context]) == 0
+        assert main(["deblur", str(src), "-o", str(tmp_path / f"{name}.png"),
+                     "--weights", str(weights), *options]) == 0
         frames = terminal.getvalue().split("\r")
         # every step is reported while the photo is under way, then the photo counts as done
-        notes = [f for f in frames if "in.png tile step" in f]
-        assert [f.split("tile step ")[1].split()[0] for f in notes] == [
-            f"{k}/{steps}" for k in range(1, steps + 1)]
+        notes = [f for f in frames if "in.png step" in f]
+        assert [f.split("step ")[1].split()[0] for f in notes] == [
+            f"{k}/{steps}" for k in range(1, steps + 1)], name
         assert all(" 0/1 " in f for f in notes[:-1])
         assert " 1/1 " in frames[-1]
 

@@ -123,6 +123,26 @@ def test_preserve_sharp_is_measured_on_the_composited_output(dataset, model, res
     assert record["psnr"] != results["samples"][0]["psnr"]
 
 
+def test_ensemble_is_measured_on_the_ensemble_output(dataset, model, results, tmp_path, capsys):
+    averaged = evaluate(model, dataset, ensemble=4, limit=1)
+    assert averaged["settings"]["ensemble"] == 4 and results["settings"]["ensemble"] == 1
+    s = read_sample(dataset, "0000")
+    restored = deblur(model, s.blur[None], ensemble=4)
+    record = averaged["samples"][0]
+    assert record["psnr"] == pytest.approx(metrics.psnr(restored.image, s.sharp), abs=1e-9)
+    assert record["mask_iou"] == metrics.mask_iou(restored.mask, s.mask)
+    assert record["psnr"] != results["samples"][0]["psnr"]
+    weights = save_weights(model, tmp_path / "w.safetensors")
+    assert run_eval(_parse(["--weights", str(weights), "--data", str(dataset), "--limit", "1",
+                            "--ensemble", "4", "-o", str(tmp_path / "out")])) == 0
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert "--ensemble 4" in data["command"] and data["settings"]["ensemble"] == 4
+    assert "self-ensemble of 4 views" in (tmp_path / "out" / "results.md").read_text()
+    capsys.readouterr()
+    with pytest.raises(ValueError, match="ensemble must be one of"):
+        evaluate(model, dataset, ensemble=3)
+
+
 def test_write_report(results, tmp_path):
     json_path, md_path = write_report(results, tmp_path / "report", command="m2ae eval --x")
     data = json.loads(json_path.read_text())
