@@ -51,6 +51,7 @@ DEFAULT_CONCURRENCY = 1
 QUEUE_SIZE = 32
 MASK_PREVIEW_SIDE = 1600  # the mask editor shows a downscaled copy; masks are resized back
 MASK_BRUSH_COLOUR = "#ff3030"
+BEST_QUALITY_ENSEMBLE = 8  # views averaged by "Best quality" (deblur's ensemble)
 
 TITLE = "M2AE — local motion deblurring"
 INTRO = """\
@@ -208,10 +209,12 @@ def mask_from_editor(editor) -> Image.Image | None:
 # --------------------------------------------------------------------------- #
 # the model call (the only part that needs a GPU)
 # --------------------------------------------------------------------------- #
-def _gpu_seconds(image, mask, threshold, preserve_sharp, shake_test=True, progress=None) -> int:
-    """ZeroGPU time to reserve: grows with the image (about 2 s per megapixel, 20..120 s)."""
+def _gpu_seconds(image, mask, threshold, preserve_sharp, shake_test=True, ensemble=1,
+                 progress=None) -> int:
+    """ZeroGPU time to reserve: grows with the image and the number of restored copies
+    (about 2 s per megapixel and copy, 20..120 s)."""
     width, height = (image.shape[1], image.shape[0]) if isinstance(image, np.ndarray) else image.size
-    return int(min(120, 20 + 2 * width * height / 1e6))
+    return int(min(120, 20 + 2 * ensemble * width * height / 1e6))
 
 
 def _gpu(function):
@@ -223,9 +226,9 @@ def _gpu(function):
 
 @_gpu
 def run_model(image, mask, threshold: float, preserve_sharp: bool, shake_test: bool = True,
-              progress=None):
+              ensemble: int = 1, progress=None):
     return deblur(_MODEL, image, mask=mask, threshold=threshold, preserve_sharp=preserve_sharp,
-                  shake_test=shake_test, progress=progress)
+                  shake_test=shake_test, ensemble=ensemble, progress=progress)
 
 
 # --------------------------------------------------------------------------- #
@@ -241,6 +244,8 @@ def _stats_markdown(stats: dict, mask: np.ndarray, user_mask: bool) -> str:
         f"**{macs / 1e9:.2f} GMAC** vs {dense / 1e9:.2f} GMAC dense{saving} · "
         f"**{stats.get('seconds', 0.0):.2f} s** on {stats.get('device', '?')}"
         + (f" · {stats['tiles']} tiles" if stats.get("tiles", 1) > 1 else "")
+        + (f" · average of {stats['ensemble']} mirrored / rotated restorations"
+           if stats.get("ensemble", 1) > 1 else "")
         + (" · camera shake found: the whole frame was restored"
            if stats.get("camera_shake") else "")
     )
@@ -248,7 +253,7 @@ def _stats_markdown(stats: dict, mask: np.ndarray, user_mask: bool) -> str:
 
 def make_restore(max_pixels: int):
     def restore(image_payload, mask_payload, threshold, preserve_sharp, detect_shake=True,
-                progress=gr.Progress()):
+                best_quality=False, progress=gr.Progress()):
         found = _payload_path(image_payload)
         if found is None:
             raise gr.Error("Upload a photo first (or pick one of the examples).",
@@ -262,10 +267,11 @@ def make_restore(max_pixels: int):
         tick = None
         if not on_zero_gpu():  # the ZeroGPU worker is another process: no progress callback
             def tick(done, total):
-                progress((done, total), desc="restoring tiles")
+                progress((done, total), desc="restoring")
         try:
             result = run_model(image, user_mask, float(threshold), bool(preserve_sharp),
-                               bool(detect_shake), progress=tick)
+                               bool(detect_shake), BEST_QUALITY_ENSEMBLE if best_quality else 1,
+                               progress=tick)
         except M2AEError as exc:
             raise gr.Error(_clean_message(exc, path, name)) from None
         except (MemoryError, RuntimeError) as exc:
@@ -352,6 +358,12 @@ def build_demo(*, max_pixels: int = DEFAULT_MAX_PIXELS, model_note: str = "") ->
                         info="restore a photo with no crisp edge as a whole; off for a "
                              "subject on a plain backdrop",
                         elem_id="detect-shake")
+                with gr.Row():
+                    best_quality = gr.Checkbox(
+                        value=False, label=f"Best quality ({BEST_QUALITY_ENSEMBLE}x slower)",
+                        info=f"average the restorations of {BEST_QUALITY_ENSEMBLE} mirrored / "
+                             "rotated copies: a little more detail, a quieter background",
+                        elem_id="best-quality")
                 with gr.Accordion("Draw the blur mask yourself (optional)", open=False,
                                   elem_id="mask-accordion"):
                     gr.Markdown(MASK_HELP)
@@ -388,7 +400,7 @@ def build_demo(*, max_pixels: int = DEFAULT_MAX_PIXELS, model_note: str = "") ->
                         show_progress="minimal", api_visibility="private")
         restore_btn.click(make_restore(max_pixels),
                           inputs=[image_in, mask_editor, threshold, preserve_sharp,
-                                  detect_shake],
+                                  detect_shake, best_quality],
                           outputs=[slider, overlay, trajectory, stats_md, stats_json, files],
                           preprocess=False, api_name="restore", concurrency_id="model")
     return demo

@@ -30,6 +30,8 @@ from .models import M2AEModel
 
 CATEGORY = "M2AE"
 MAX_TILE = 16384
+# the node's choice -> deblur's ensemble size (words read better than numbers in a combo)
+SELF_ENSEMBLE = {"off": 1, "x2": 2, "x4": 4, "x8": 8}
 
 M2AEModelType = io.Custom("M2AE_MODEL")
 M2AETrajectoryType = io.Custom("M2AE_TRAJECTORY")
@@ -130,11 +132,11 @@ def _make_room(m: M2AEModel, image: torch.Tensor, tile: int | None) -> None:
 def run_deblur(m: M2AEModel, image: torch.Tensor, *, mask=None, threshold: float = 0.5,
                preserve_sharp: bool = False, tile: int | None = None,
                tile_context: str = "image", maps_only: bool = False,
-               shake_test: bool = True) -> list[DeblurResult]:
+               shake_test: bool = True, ensemble: int = 1) -> list[DeblurResult]:
     """``m2ae_core.deblur`` on each batch item, with ComfyUI's progress bar and cancel button.
 
     ``maps_only``: ``m2ae_core.analyze`` instead (mask, probability, trajectory; no restore).
-    ``shake_test``: as in ``m2ae_core.deblur``.
+    ``shake_test``, ``ensemble``: as in ``m2ae_core.deblur``.
     """
     if not isinstance(m, M2AEModel):
         raise M2AEError("M2AE: the m2ae_model input must come from a 'Load M2AE Model' node")
@@ -166,7 +168,7 @@ def run_deblur(m: M2AEModel, image: torch.Tensor, *, mask=None, threshold: float
                                           threshold=float(threshold), pruned=True,
                                           preserve_sharp=bool(preserve_sharp), tile=tile,
                                           tile_context=tile_context, progress=progress,
-                                          shake_test=bool(shake_test)))
+                                          shake_test=bool(shake_test), ensemble=ensemble))
     finally:
         if m.offload_device != m.device:
             network.to(m.offload_device)
@@ -333,6 +335,12 @@ class M2AEPrunedDeblur(io.ComfyNode):
                             "time); tile: each tile its own (one pass, tiles may differ "
                             "slightly)."),
                 _shake_input(),
+                io.Combo.Input(
+                    "self_ensemble", options=list(SELF_ENSEMBLE), default="off",
+                    optional=True,
+                    tooltip="Also restore mirrored / rotated copies and average them: a "
+                            "little more detail and a quieter background, at 2, 4 or 8 "
+                            "times the time."),
             ],
             outputs=[
                 io.Image.Output("restored", display_name="image",
@@ -353,7 +361,8 @@ class M2AEPrunedDeblur(io.ComfyNode):
 
     @classmethod
     def execute(cls, m2ae_model, image, threshold, preserve_sharp, tile_size,
-                mask=None, tile_context="image", detect_camera_shake=True) -> io.NodeOutput:
+                mask=None, tile_context="image", detect_camera_shake=True,
+                self_ensemble="off") -> io.NodeOutput:
         message = cls.validate_inputs(tile_size)
         if message is not True:
             raise M2AEError(f"M2AE: {message}")
@@ -361,9 +370,13 @@ class M2AEPrunedDeblur(io.ComfyNode):
             logging.warning("M2AE Pruned Deblur: the mask input is empty (no pixel >= 0.5), so "
                             "nothing is restored; paint the blurred area in the mask editor or "
                             "disconnect the mask to use the predicted one")
+        if self_ensemble not in SELF_ENSEMBLE:
+            raise M2AEError(f"M2AE: self_ensemble must be one of {', '.join(SELF_ENSEMBLE)}, "
+                            f"got {self_ensemble!r}")
         results = run_deblur(m2ae_model, image, mask=mask, threshold=threshold,
                              preserve_sharp=preserve_sharp, tile=tile_size or None,
-                             tile_context=tile_context, shake_test=detect_camera_shake)
+                             tile_context=tile_context, shake_test=detect_camera_shake,
+                             ensemble=SELF_ENSEMBLE[self_ensemble])
         return io.NodeOutput(_images(results), _masks(results, "mask"))
 
 

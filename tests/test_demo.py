@@ -139,9 +139,10 @@ def _photo(path: Path, width: int, height: int, seed: int = 0) -> Path:
     return path
 
 
-def _restore(client, image, mask=None, threshold=0.5, preserve_sharp=False, detect_shake=True):
+def _restore(client, image, mask=None, threshold=0.5, preserve_sharp=False, detect_shake=True,
+             best_quality=False):
     return client.predict(handle_file(str(image)), mask, threshold, preserve_sharp, detect_shake,
-                          api_name="/restore")
+                          best_quality, api_name="/restore")
 
 
 def _files_by_suffix(files) -> dict:
@@ -177,6 +178,18 @@ def test_restore_returns_png_of_input_size_binary_mask_and_stats(client, tmp_pat
     assert stats["seconds"] > 0 and stats["user_mask"] is False and stats["shake_test"] is True
     assert abs(stats["mask_fraction"] - (mask > 0).mean()) < 1e-6
     assert "GMAC" in summary and "%" in summary and " s** on cpu" in summary
+
+
+def test_best_quality_averages_eight_views(client, tmp_path):
+    photo = _photo(tmp_path / "best.png", 64, 48)
+    *_, plain_stats, plain_files = _restore(client, photo)
+    *_, summary, stats, files = _restore(client, photo, best_quality=True)
+    assert stats["ensemble"] == 8 and plain_stats["ensemble"] == 1
+    assert "average of 8 mirrored / rotated restorations" in summary
+    assert 7 * plain_stats["dense_macs"] < stats["dense_macs"] < 9 * plain_stats["dense_macs"]
+    best = np.asarray(Image.open(_files_by_suffix(files)["restored"]))
+    plain = np.asarray(Image.open(_files_by_suffix(plain_files)["restored"]))
+    assert best.shape == plain.shape and not np.array_equal(best, plain)
 
 
 def test_exif_orientation_is_honoured(client, tmp_path):
@@ -247,7 +260,7 @@ def test_oversize_image_gives_a_clear_error(client, tmp_path):
 
 def test_missing_image_gives_a_clear_error(client):
     with pytest.raises(AppError, match="Upload a photo first"):
-        client.predict(None, None, 0.5, False, True, api_name="/restore")
+        client.predict(None, None, 0.5, False, True, False, api_name="/restore")
 
 
 def test_two_concurrent_requests_both_succeed(server, tmp_path):
@@ -322,6 +335,7 @@ def test_spaces_gpu_wraps_only_the_model_call(monkeypatch):
     assert duration(Image.new("RGB", (100, 100)), None, 0.5, False) == 20
     assert duration(np.broadcast_to(np.uint8(0), (4000, 4000, 3)), None, 0.5, False) == 52
     assert duration(types.SimpleNamespace(size=(10000, 10000)), None, 0.5, False) == 120
+    assert duration(np.broadcast_to(np.uint8(0), (1000, 2000, 3)), None, 0.5, False, True, 8) == 52
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     assert app.on_zero_gpu()
 
@@ -333,14 +347,16 @@ def test_without_spaces_the_model_call_is_plain(monkeypatch):
     assert app._gpu(len) is len
 
 
-def test_the_shake_checkbox_reaches_the_library(monkeypatch):
+def test_the_checkboxes_reach_the_library(monkeypatch):
     app = _load_app("m2ae_demo_app_shake")
     seen = []
     monkeypatch.setattr(app, "_MODEL", object())
-    monkeypatch.setattr(app, "deblur", lambda model, image, **kw: seen.append(kw["shake_test"]))
+    monkeypatch.setattr(app, "deblur", lambda model, image, **kw: seen.append(
+        (kw["shake_test"], kw["ensemble"])))
     app.run_model(Image.new("RGB", (8, 8)), None, 0.5, False, False)
     app.run_model(Image.new("RGB", (8, 8)), None, 0.5, False)
-    assert seen == [False, True]
+    app.run_model(Image.new("RGB", (8, 8)), None, 0.5, False, True, 8)
+    assert seen == [(False, 1), (True, 1), (True, 8)]
 
 
 def test_stats_say_when_camera_shake_was_found():

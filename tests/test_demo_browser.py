@@ -135,12 +135,23 @@ def test_example_from_the_gallery(page, shots):
     page.screenshot(path=str(shots / "demo_example.png"), full_page=True)
 
 
+def test_best_quality_checkbox(page):
+    page.locator("#examples button.gallery-item").first.click()
+    page.wait_for_selector("#input-image img")
+    page.locator("#best-quality input[type=checkbox]").check()
+    page.click("#restore")
+    _wait_for_result(page)
+    _assert_no_error(page)
+    assert "average of 8 mirrored / rotated restorations" in page.inner_text("#stats")
+
+
 def test_painted_mask_replaces_the_prediction(page, shots):
     page.locator("#examples button.gallery-item").nth(1).click()
     page.wait_for_selector("#input-image img")
     page.locator("#mask-accordion").get_by_text("Draw the blur mask yourself").click()
     canvas = page.locator("#mask-editor canvas").first
     canvas.wait_for(state="visible")
+    canvas.scroll_into_view_if_needed()  # mouse strokes outside the viewport do not land
     page.wait_for_timeout(500)  # the editor loads its background asynchronously
     box = canvas.bounding_box()
     x, y = box["x"] + box["width"] * 0.35, box["y"] + box["height"] * 0.45

@@ -117,7 +117,8 @@ else:
         assert M2AEEstimateTrajectory.RETURN_TYPES == ["IMAGE", "M2AE_TRAJECTORY"]
         assert M2AEPrunedDeblur.RETURN_TYPES == ["IMAGE", "MASK"]
         info = M2AEPrunedDeblur.GET_NODE_INFO_V1()
-        assert list(info["input"]["optional"]) == ["mask", "tile_context", "detect_camera_shake"]
+        assert list(info["input"]["optional"]) == ["mask", "tile_context", "detect_camera_shake",
+                                                   "self_ensemble"]
         for node in (M2AEPredictBlurMask, M2AEEstimateTrajectory):
             assert list(node.GET_NODE_INFO_V1()["input"]["optional"]) == ["detect_camera_shake"]
 
@@ -368,6 +369,22 @@ else:
         option = next(i for i in M2AEPrunedDeblur.define_schema().inputs
                       if i.id == "detect_camera_shake")
         assert option.optional and option.default is True
+
+    def test_self_ensemble_option_matches_the_core(tiny):
+        image = photo(height=48, width=64, seed=8)
+        restored, used = M2AEPrunedDeblur.execute(tiny, image, 0.5, False, 0,
+                                                  self_ensemble="x8").args
+        ref = core(tiny, image, ensemble=8)
+        assert torch.allclose(restored, ref.image, atol=1e-6)
+        assert torch.equal(used[0], torch.from_numpy(ref.mask.astype(np.float32)))
+        plain, _ = M2AEPrunedDeblur.execute(tiny, image, 0.5, False, 0).args  # older graphs
+        assert torch.allclose(plain, core(tiny, image).image, atol=1e-6)
+        assert not torch.allclose(plain, restored, atol=1e-4)
+        option = next(i for i in M2AEPrunedDeblur.define_schema().inputs
+                      if i.id == "self_ensemble")
+        assert option.optional and option.default == "off"
+        with pytest.raises(M2AEError, match="self_ensemble must be one of off, x2, x4, x8"):
+            M2AEPrunedDeblur.execute(tiny, image, 0.5, False, 0, self_ensemble="x3")
 
     def test_interrupt_stops_at_the_next_tile(tiny, monkeypatch):
         calls = []
