@@ -84,6 +84,18 @@ def _shake_input() -> io.Input:
                 "front of a plain, featureless backdrop.")
 
 
+def _ensemble_input(tooltip: str) -> io.Input:
+    return io.Combo.Input("self_ensemble", options=list(SELF_ENSEMBLE), default="off",
+                          optional=True, tooltip=tooltip)
+
+
+def _ensemble_size(choice) -> int:
+    if choice not in SELF_ENSEMBLE:
+        raise M2AEError(f"M2AE: self_ensemble must be one of {', '.join(SELF_ENSEMBLE)}, "
+                        f"got {choice!r}")
+    return SELF_ENSEMBLE[choice]
+
+
 # --------------------------------------------------------------------------- helpers
 
 def _check_image(image) -> torch.Tensor:
@@ -162,7 +174,7 @@ def run_deblur(m: M2AEModel, image: torch.Tensor, *, mask=None, threshold: float
                     results.append(analyze(network, image[item:item + 1], mask=item_mask,
                                            threshold=float(threshold), tile=tile,
                                            tile_context=tile_context, progress=progress,
-                                           shake_test=bool(shake_test)))
+                                           shake_test=bool(shake_test), ensemble=ensemble))
                 else:
                     results.append(deblur(network, image[item:item + 1], mask=item_mask,
                                           threshold=float(threshold), pruned=True,
@@ -239,7 +251,10 @@ class M2AEPredictBlurMask(io.ComfyNode):
                         "MASK (1 = blurred) and the blur probability (0..1) as a second MASK. "
                         "Grow, blur or edit the mask with ComfyUI's mask nodes and feed it to "
                         "M2AE Pruned Deblur.",
-            inputs=[_model_input(), _image_input(), _threshold_input(), _shake_input()],
+            inputs=[_model_input(), _image_input(), _threshold_input(), _shake_input(),
+                    _ensemble_input("Also predict on mirrored / rotated copies: the mask is their "
+                                    "majority, the probability their mean (a cleaner mask, at 2, "
+                                    "4 or 8 times the time)")],
             outputs=[
                 io.Mask.Output("mask", display_name="mask",
                                tooltip="1 where the probability exceeds the threshold."),
@@ -249,9 +264,11 @@ class M2AEPredictBlurMask(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, m2ae_model, image, threshold, detect_camera_shake=True) -> io.NodeOutput:
+    def execute(cls, m2ae_model, image, threshold, detect_camera_shake=True,
+                self_ensemble="off") -> io.NodeOutput:
+        ensemble = _ensemble_size(self_ensemble)
         results = run_deblur(m2ae_model, image, threshold=threshold, maps_only=True,
-                             shake_test=detect_camera_shake)
+                             shake_test=detect_camera_shake, ensemble=ensemble)
         return io.NodeOutput(_masks(results, "mask"), _masks(results, "probability"))
 
 
@@ -335,12 +352,9 @@ class M2AEPrunedDeblur(io.ComfyNode):
                             "time); tile: each tile its own (one pass, tiles may differ "
                             "slightly)."),
                 _shake_input(),
-                io.Combo.Input(
-                    "self_ensemble", options=list(SELF_ENSEMBLE), default="off",
-                    optional=True,
-                    tooltip="Also restore mirrored / rotated copies and average them: a "
-                            "little more detail and a quieter background, at 2, 4 or 8 "
-                            "times the time."),
+                _ensemble_input("Also restore mirrored / rotated copies and average them: a "
+                                "little more detail and a quieter background, at 2, 4 or 8 "
+                                "times the time."),
             ],
             outputs=[
                 io.Image.Output("restored", display_name="image",
@@ -370,13 +384,11 @@ class M2AEPrunedDeblur(io.ComfyNode):
             logging.warning("M2AE Pruned Deblur: the mask input is empty (no pixel >= 0.5), so "
                             "nothing is restored; paint the blurred area in the mask editor or "
                             "disconnect the mask to use the predicted one")
-        if self_ensemble not in SELF_ENSEMBLE:
-            raise M2AEError(f"M2AE: self_ensemble must be one of {', '.join(SELF_ENSEMBLE)}, "
-                            f"got {self_ensemble!r}")
+        ensemble = _ensemble_size(self_ensemble)
         results = run_deblur(m2ae_model, image, mask=mask, threshold=threshold,
                              preserve_sharp=preserve_sharp, tile=tile_size or None,
                              tile_context=tile_context, shake_test=detect_camera_shake,
-                             ensemble=SELF_ENSEMBLE[self_ensemble])
+                             ensemble=ensemble)
         return io.NodeOutput(_images(results), _masks(results, "mask"))
 
 

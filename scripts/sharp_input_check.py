@@ -30,7 +30,7 @@ def detail(image: torch.Tensor) -> float:
 
 
 def check_sharp_inputs(model, dataset, *, limit: int | None = None,
-                       preserve_sharp: bool = False) -> list[dict]:
+                       preserve_sharp: bool = False, ensemble: int = 1) -> list[dict]:
     """One row per sample: ``name``, ``psnr`` (output vs the sharp input), ``detail``
     (:func:`detail` of the output over the input's), ``marked``."""
     from m2ae_core import deblur, metrics
@@ -40,7 +40,7 @@ def check_sharp_inputs(model, dataset, *, limit: int | None = None,
     rows = []
     for sample in samples:
         sharp = _read_rgb(sample.sharp)
-        result = deblur(model, sharp, preserve_sharp=preserve_sharp)
+        result = deblur(model, sharp, preserve_sharp=preserve_sharp, ensemble=ensemble)
         value = metrics.psnr(result.image, sharp)
         rows.append({"name": sample.name,
                      "psnr": IDENTICAL_DB if math.isinf(value) else value,
@@ -68,13 +68,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the first N samples")
     parser.add_argument("--preserve-sharp", action="store_true",
                         help="as m2ae deblur --preserve-sharp")
+    parser.add_argument("--ensemble", type=int, choices=(1, 2, 4, 8), default=1,
+                        help="as m2ae deblur --ensemble")
     args = parser.parse_args(argv)
     from m2ae_core import load_model
     from m2ae_core.evaluate import EvalError
 
     try:
         rows = check_sharp_inputs(load_model(args.weights), args.dataset, limit=args.limit,
-                                  preserve_sharp=args.preserve_sharp)
+                                  preserve_sharp=args.preserve_sharp, ensemble=args.ensemble)
     except EvalError as error:
         print(f"sharp_input_check: {error}", file=sys.stderr)
         return 2

@@ -60,7 +60,7 @@ else:
     from comfy_api.latest import io  # noqa: E402
     from conftest import randomize_  # noqa: E402
     from m2ae_core import (ImageInputError, M2AEError, WeightsError, build_model,  # noqa: E402
-                           deblur, save_weights)
+                           analyze, deblur, save_weights)
     from m2ae_core.visualize import trajectory_to_rgb  # noqa: E402
     from m2ae_nodes import models  # noqa: E402
     from m2ae_nodes.nodes import (M2AEEstimateTrajectory, M2AELoadModel,  # noqa: E402
@@ -119,8 +119,10 @@ else:
         info = M2AEPrunedDeblur.GET_NODE_INFO_V1()
         assert list(info["input"]["optional"]) == ["mask", "tile_context", "detect_camera_shake",
                                                    "self_ensemble"]
-        for node in (M2AEPredictBlurMask, M2AEEstimateTrajectory):
-            assert list(node.GET_NODE_INFO_V1()["input"]["optional"]) == ["detect_camera_shake"]
+        assert list(M2AEPredictBlurMask.GET_NODE_INFO_V1()["input"]["optional"]) == [
+            "detect_camera_shake", "self_ensemble"]
+        assert list(M2AEEstimateTrajectory.GET_NODE_INFO_V1()["input"]["optional"]) == [
+            "detect_camera_shake"]
 
     def test_repo_root_is_the_pack_entry_point():
         spec = importlib.util.spec_from_file_location(
@@ -385,6 +387,16 @@ else:
         assert option.optional and option.default == "off"
         with pytest.raises(M2AEError, match="self_ensemble must be one of off, x2, x4, x8"):
             M2AEPrunedDeblur.execute(tiny, image, 0.5, False, 0, self_ensemble="x3")
+        # the mask node: the views' majority and mean probability, as analyze gives them
+        mask, probability = M2AEPredictBlurMask.execute(tiny, image, 0.5,
+                                                        self_ensemble="x4").args
+        ref = analyze(tiny.network, image, ensemble=4)
+        assert torch.equal(mask[0], torch.from_numpy(ref.mask.astype(np.float32)))
+        assert torch.allclose(probability[0], torch.from_numpy(ref.probability), atol=1e-6)
+        single = analyze(tiny.network, image)
+        assert not np.allclose(single.probability, ref.probability, atol=1e-5)
+        with pytest.raises(M2AEError, match="self_ensemble must be one of"):
+            M2AEPredictBlurMask.execute(tiny, image, 0.5, self_ensemble=8)
 
     def test_interrupt_stops_at_the_next_tile(tiny, monkeypatch):
         calls = []

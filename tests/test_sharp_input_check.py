@@ -39,6 +39,8 @@ def test_a_model_that_alters_sharp_content_is_caught_and_preserve_sharp_alters_l
         assert a["psnr"] < script.IDENTICAL_DB and 0.0 <= a["marked"] <= 1.0
         assert b["psnr"] > a["psnr"] and b["marked"] == a["marked"]
     assert len(script.check_sharp_inputs(model, dataset, limit=1)) == 1
+    averaged = script.check_sharp_inputs(model, dataset, ensemble=4)
+    assert [r["psnr"] for r in averaged] != [r["psnr"] for r in plain]
 
 
 def test_report_prints_one_row_per_sample_and_the_means(dataset, model, tmp_path, capsys):
