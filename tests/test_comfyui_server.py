@@ -166,9 +166,10 @@ def test_models_from_the_models_folder_and_an_extra_path(server, uploaded):
         "3": {"class_type": "LoadImage", "inputs": {"image": "coffee_9.png"}},
         "4": {"class_type": "M2AEPrunedDeblur",
               "inputs": {"m2ae_model": ["1", 0], "image": ["3", 0], "threshold": 0.5,
-                         "preserve_sharp": False, "tile_size": 128}},
+                         "preserve_sharp": False, "tile_size": 128, "self_ensemble": "x2"}},
         "5": {"class_type": "M2AEPredictBlurMask",
-              "inputs": {"m2ae_model": ["2", 0], "image": ["4", 0], "threshold": 0.5}},
+              "inputs": {"m2ae_model": ["2", 0], "image": ["4", 0], "threshold": 0.5,
+                         "self_ensemble": "x4"}},
         "6": {"class_type": "MaskToImage", "inputs": {"mask": ["5", 1]}},
         "7": {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}},
     }
