@@ -148,7 +148,7 @@ def _run(model, image, mask, threshold, tile, progress, tile_context: str = "ima
     b, _, h, w = batch.shape
     user_mask = None if mask is None else imageio.mask_to_tensor(mask, h, w, batch=b)
     tile_size = resolve_tile_size(tile, h, w)
-    tiles = tile_grid(h, w, tile_size) if tile_size else tile_grid(h, w, max(h, w))
+    tiles = tile_grid(h, w, tile_size or max(h, w))
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
     has_stages = bool(model.config.m2as_stages)
@@ -158,8 +158,11 @@ def _run(model, image, mask, threshold, tile, progress, tile_context: str = "ima
     macs = dense_macs = processed = grid_pixels = 0
     outputs, shake_flags = [], []
 
-    def passes(n_tiles: int) -> int:  # image-wide context records in a first pass
-        return n_tiles * (2 if n_tiles > 1 and tile_context == "image" else 1)
+    def two_pass(n_tiles: int) -> bool:  # image-wide context is recorded in a first pass
+        return n_tiles > 1 and tile_context == "image"
+
+    def passes(n_tiles: int) -> int:
+        return n_tiles * (2 if two_pass(n_tiles) else 1)
 
     total_steps = b * sum(passes(len(tile_grid(*v.size(h, w), tile_size or max(h, w))))
                           for v in ensemble_views)
@@ -200,7 +203,7 @@ def _run(model, image, mask, threshold, tile, progress, tile_context: str = "ima
             return x, None if mask_view is None else mask_view[:, :, rows, cols].to(device)
 
         pooled = {}
-        if passes(len(view_tiles)) > len(view_tiles):
+        if two_pass(len(view_tiles)):
             pooled = _record_image_context(model, restore_tile if restore else analyze_tile,
                                            tile_inputs, view_tiles, vh, vw, step)
         maps = _Maps(torch.zeros(3, vh, vw), torch.zeros(vh, vw), torch.zeros(vh, vw),
@@ -244,8 +247,12 @@ def _run(model, image, mask, threshold, tile, progress, tile_context: str = "ima
                     x_view = view.apply(batch[item:item + 1])
                     mask_view = None if user_mask is None else view.apply(user_mask[item:item + 1])
                     view_maps = _undo_view(_averaged(run_view(x_view, mask_view), has_stages), view)
-                    summed = view_maps if summed is None else [
-                        None if a is None else a + v for a, v in zip(summed, view_maps)]
+                    if summed is None:
+                        summed = view_maps
+                    else:  # in place: a big image's maps are large
+                        for total, part in zip(summed, view_maps):
+                            if total is not None:
+                                total.add_(part)
                 averaged = [None if a is None else a / len(ensemble_views) for a in summed]
                 outputs.append(_finish_item(*averaged, batch[item], preserve_sharp,
                                             mask_given=user_mask is not None))

@@ -23,6 +23,10 @@ class View:
     quarter_turns: int = 0
     mirrored: bool = False
 
+    @property
+    def is_identity(self) -> bool:
+        return not self.quarter_turns and not self.mirrored
+
     def size(self, height: int, width: int) -> tuple[int, int]:
         """(height, width) of an image of the original size, seen in this view."""
         return (width, height) if self.quarter_turns % 2 else (height, width)
@@ -53,6 +57,8 @@ class View:
     def undo_vectors(self, field: torch.Tensor) -> torch.Tensor:
         """A displacement field [..., 2 (dx, dy), H', W'] in this view -> the original layout,
         with the vectors themselves turned back too."""
+        if self.is_identity:
+            return field
         m = self._vector_matrix.to(field)
         turned = torch.einsum("ij,...jhw->...ihw", m, field)
         return self.undo(turned)
