@@ -246,15 +246,13 @@ def _run(model, image, mask, threshold, tile, progress, tile_context: str = "ima
                 for view in ensemble_views:  # one decision on shake for every view
                     x_view = view.apply(batch[item:item + 1])
                     mask_view = None if user_mask is None else view.apply(user_mask[item:item + 1])
-                    view_maps = _undo_view(_averaged(run_view(x_view, mask_view), has_stages), view)
-                    if summed is None:
-                        summed = view_maps
-                    else:  # in place: a big image's maps are large
-                        for total, part in zip(summed, view_maps):
-                            if total is not None:
-                                total.add_(part)
-                averaged = [None if a is None else a / len(ensemble_views) for a in summed]
-                outputs.append(_finish_item(*averaged, batch[item], preserve_sharp,
+                    summed = _add_view(summed, _averaged(run_view(x_view, mask_view), has_stages),
+                                       view)
+                if len(ensemble_views) > 1:
+                    for total in summed:
+                        if total is not None:
+                            total.div_(len(ensemble_views))
+                outputs.append(_finish_item(*summed, batch[item], preserve_sharp,
                                             mask_given=user_mask is not None))
     finally:
         model.train(was_training)
@@ -297,19 +295,26 @@ def _sharp_preserving_alpha(mask: torch.Tensor, probability: torch.Tensor,
 
 
 def _averaged(maps: _Maps, has_stages: bool) -> list:
-    """[image, probability, mask share, trajectory] of one view: the tiles' blend."""
-    weight = maps.weight.clamp_min(1e-8)
-    image = (maps.image / weight).clamp(0, 1)  # each view's restoration is an image itself
+    """[image, probability, mask share, trajectory] of one view: the tiles' blend, divided
+    out in place (a big image's maps are large)."""
+    weight = maps.weight.clamp_min_(1e-8)
+    image = maps.image.div_(weight).clamp_(0, 1)  # each view's restoration is an image itself
     if not has_stages:
         return [image, torch.ones_like(weight), torch.ones_like(weight), None]
-    return [image, maps.probability / weight, maps.mask / weight, maps.trajectory / weight]
+    return [image, maps.probability.div_(weight), maps.mask.div_(weight),
+            maps.trajectory.div_(weight)]
 
 
-def _undo_view(view_maps: list, view) -> list:
-    """A view's maps turned back to the original layout (trajectory vectors too)."""
-    image, probability, mask_share, trajectory = view_maps
-    return [view.undo(image), view.undo(probability), view.undo(mask_share),
-            None if trajectory is None else view.undo_vectors(trajectory)]
+def _add_view(total: list | None, view_maps: list, view) -> list:
+    """``total`` plus a view's maps turned back to the original layout, summed in place one
+    map at a time (a big image's maps are large)."""
+    turners = (view.undo, view.undo, view.undo, view.undo_vectors)  # trajectory: vectors too
+    if total is None:
+        return [None if m is None else turn(m) for turn, m in zip(turners, view_maps)]
+    for existing, turn, part in zip(total, turners, view_maps):
+        if part is not None:
+            existing.add_(turn(part))
+    return total
 
 
 def _finish_item(image, probability, mask_share, trajectory, original: torch.Tensor,

@@ -119,3 +119,13 @@ def test_preserve_sharp_keeps_the_input_outside_the_consensus_mask(model):
     far[2:34, 2:38] = False  # beyond the 4-pixel feather around the mask
     assert torch.equal(result.image[0][:, far], image[0][:, far])
     assert not torch.allclose(result.image[0][:, 12:24, 12:28], image[0][:, 12:24, 12:28])
+
+
+def test_analyze_reports_the_same_consensus_as_deblur(model):
+    image = picture(seed=3)
+    restored = deblur(model, image, ensemble=8)
+    maps = analyze(model, image, ensemble=8)
+    assert maps.image is None and maps.stats["ensemble"] == 8
+    assert np.array_equal(maps.mask, restored.mask)
+    assert np.allclose(maps.probability, restored.probability, atol=1e-6)
+    assert np.allclose(maps.trajectory, restored.trajectory, atol=1e-6)
