@@ -6,7 +6,8 @@ import torch
 
 from conftest import randomize_
 from m2ae_core import analyze, build_model, deblur
-from m2ae_core.self_ensemble import ENSEMBLE_SIZES, View, views
+from m2ae_core.dihedral import View
+from m2ae_core.self_ensemble import ENSEMBLE_SIZES, views
 
 
 @pytest.fixture(scope="module")

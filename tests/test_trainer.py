@@ -559,6 +559,24 @@ def test_quarter_turn_makes_horizontal_motion_vertical():
     assert flipped.flatten().tolist() == [-1.0, 2.0, -3.0, 4.0]
 
 
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("k", range(4))
+def test_augment_is_a_flip_then_quarter_turns_bit_for_bit(flip, k):
+    g = torch.Generator().manual_seed(k)
+    item = {"blur": torch.rand(3, 6, 9, generator=g), "sharp": torch.rand(3, 6, 9, generator=g),
+            "mask": torch.rand(1, 6, 9, generator=g), "trajectory": torch.randn(4, 6, 9, generator=g)}
+    out = augment(item, _FixedRng(flip, k))
+    for key in ("blur", "sharp", "mask"):
+        x = item[key].flip(-1) if flip else item[key]
+        assert torch.equal(out[key], torch.rot90(x, k, (-2, -1)))
+    t = item["trajectory"].flip(-1) if flip else item["trajectory"]
+    dx, dy = torch.rot90(t, k, (-2, -1)).view(2, 2, 6 if k % 2 == 0 else 9, -1).unbind(1)
+    dx = -dx if flip else dx
+    for _ in range(k):  # a quarter turn of torch.rot90 takes (dx, dy) to (dy, -dx)
+        dx, dy = dy, -dx
+    assert torch.equal(out["trajectory"], torch.stack((dx, dy), 1).reshape(out["trajectory"].shape))
+
+
 def test_blur_aware_crop_centres_on_blur():
     item = _marker_item(size=64, p=(50, 40), o_e=(2, 0), o_s=(-2, 0))
     rng = np.random.default_rng(0)

@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..dihedral import View
+
 __all__ = ["ReLoBlurDataset", "GoProDataset", "read_rgb", "read_mask", "blur_aware_crop",
            "augment", "transform_trajectory", "SampleStream", "StepBatchDataset",
            "make_validation_set", "STREAM_TAG"]
@@ -207,21 +209,20 @@ def blur_aware_crop(item: dict, size: int, rng: np.random.Generator,
     return out
 
 
+def _augment_view(hflip: bool, rotations: int) -> View:
+    """Flipping and then turning ``rotations`` quarter turns, as a :class:`View` (which turns
+    first): k turns after a mirror equal -k turns before it."""
+    return View((-rotations) % 4 if hflip else rotations % 4, hflip)
+
+
 def transform_trajectory(trajectory: torch.Tensor, hflip: bool, rotations: int) -> torch.Tensor:
     """Displacement vectors under the same transform as :func:`augment` applies to pixels.
 
-    A horizontal flip negates dx. ``torch.rot90(x, 1, (-2, -1))`` moves the pixel at
-    (x, y) to (y, W-1-x), so a displacement (dx, dy) becomes (dy, -dx) per quarter turn.
     ``trajectory`` is [4,H,W] (o_s dx, o_s dy, o_e dx, o_e dy); only the vectors are
     changed here, not the pixel layout.
     """
     v = trajectory.reshape(2, 2, *trajectory.shape[-2:])
-    dx, dy = v[:, 0], v[:, 1]
-    if hflip:
-        dx = -dx
-    for _ in range(rotations % 4):
-        dx, dy = dy, -dx
-    return torch.stack((dx, dy), dim=1).reshape(trajectory.shape)
+    return _augment_view(hflip, rotations).vectors_to_view(v).reshape(trajectory.shape)
 
 
 def augment(item: dict, rng: np.random.Generator, flips: bool = True,
@@ -233,14 +234,10 @@ def augment(item: dict, rng: np.random.Generator, flips: bool = True,
     k = k if rotations else 0
     if not hflip and k == 0:
         return item
+    view = _augment_view(hflip, k)
     out = dict(item)
     for key in _SPATIAL:
-        x = item[key]
-        if hflip:
-            x = x.flip(-1)
-        if k:
-            x = torch.rot90(x, k, dims=(-2, -1))
-        out[key] = x.contiguous()
+        out[key] = view.apply(item[key]).contiguous()
     out["trajectory"] = transform_trajectory(out["trajectory"], hflip, k)
     return out
 
