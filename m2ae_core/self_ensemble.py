@@ -18,6 +18,9 @@ def views(count: int) -> list[View]:
     2 adds the mirror image, 4 the upside-down pair (neither swaps height and width, so
     tiling and padding stay as in a single pass), 8 all quarter turns.
     """
+    if isinstance(count, bool):  # True would quietly mean one copy
+        raise ValueError("ensemble is a number of copies (1, 2, 4 or 8), not a switch; "
+                         "ensemble=8 gives the best quality")
     if count not in ENSEMBLE_SIZES:
         raise ValueError(f"ensemble must be one of {', '.join(map(str, ENSEMBLE_SIZES))}, "
                          f"got {count!r}")

@@ -37,6 +37,12 @@ def test_unsupported_ensemble_sizes_are_refused(model, bad):
         deblur(model, picture(), ensemble=bad)
 
 
+@pytest.mark.parametrize("switch", [True, False])
+def test_a_boolean_is_not_taken_for_a_number_of_copies(model, switch):
+    with pytest.raises(ValueError, match="not a switch; ensemble=8"):
+        deblur(model, picture(), ensemble=switch)
+
+
 @pytest.mark.parametrize("view", views(8), ids=str)
 def test_undo_inverts_apply(view):
     x = torch.arange(2 * 5 * 7, dtype=torch.float32).view(1, 2, 5, 7)
