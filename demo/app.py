@@ -362,7 +362,8 @@ def build_demo(*, max_pixels: int = DEFAULT_MAX_PIXELS, model_note: str = "") ->
                     best_quality = gr.Checkbox(
                         value=False, label=f"Best quality ({BEST_QUALITY_ENSEMBLE}x slower)",
                         info=f"average the restorations of {BEST_QUALITY_ENSEMBLE} mirrored / "
-                             "rotated copies: a little more detail, a quieter background",
+                             "rotated copies: blurred regions a little sharper, the "
+                             "background less altered",
                         elem_id="best-quality")
                 with gr.Accordion("Draw the blur mask yourself (optional)", open=False,
                                   elem_id="mask-accordion"):

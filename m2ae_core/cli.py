@@ -83,7 +83,7 @@ def run_deblur(args: argparse.Namespace) -> int:
                             preserve_sharp=args.preserve_sharp, tile=args.tile,
                             tile_context=args.tile_context, pruned=not args.dense,
                             shake_test=not args.no_shake_test, ensemble=args.ensemble,
-                            progress=_tile_progress(bar, index, source.name))
+                            progress=_step_progress(bar, index, source.name))
             target.parent.mkdir(parents=True, exist_ok=True)
             imageio.save_image(result.image, target)
             if args.save_mask:
@@ -118,7 +118,7 @@ def run_deblur(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tile_progress(bar, index: int, name: str):
+def _step_progress(bar, index: int, name: str):
     """deblur's per-tile callback, moving the bar within input ``index``: a big photo takes
     minutes on a CPU, and a bar that only counts photos would stand still meanwhile. It counts
     network steps: with the whole image's context (the default) every tile runs twice, and a
@@ -175,8 +175,8 @@ def add_deblur_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--ensemble", type=int, choices=ENSEMBLE_SIZES, default=1,
                         help="restore this many mirrored / rotated copies and average them "
-                             "(self-ensemble): a little more detail and a quieter background "
-                             "for N times the time (default 1; 8 = best)")
+                             "(self-ensemble): blurred regions a little sharper, the background "
+                             "less altered, for N times the time (default 1; 8 = best)")
     parser.add_argument("--dense", action="store_true",
                         help="run the dense masked path instead of the pixel-pruned one (same result, slower)")
     parser.add_argument("--no-shake-test", action="store_true",

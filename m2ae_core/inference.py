@@ -95,8 +95,9 @@ def deblur(model: M2AENet, image, *, mask=None, threshold: float = 0.5, pruned: 
         moving subject in front of a plain, featureless backdrop). ``stats["camera_shake"]``
         tells what the test found.
     ensemble: restore this many mirrored / rotated copies (1, 2, 4 or 8) and average them,
-        each turned back (self-ensemble): better detail and a quieter background at that
-        many times the time. The maps are the copies' consensus.
+        each turned back (self-ensemble): blurred regions a little sharper and the
+        background less altered (docs/results/self-ensemble/), at that many times the time.
+        The maps are the copies' consensus.
     """
     return _run(model, image, mask, threshold, tile, progress, tile_context, restore=True,
                 pruned=pruned, preserve_sharp=preserve_sharp, shake_test=shake_test,
@@ -148,7 +149,9 @@ def _run(model, image, mask, threshold, tile, progress, tile_context: str = "ima
     b, _, h, w = batch.shape
     user_mask = None if mask is None else imageio.mask_to_tensor(mask, h, w, batch=b)
     tile_size = resolve_tile_size(tile, h, w)
-    tiles = tile_grid(h, w, tile_size or max(h, w))
+    # each view's tiles (a quarter turn swaps height and width); the first view is the image
+    view_grids = [tile_grid(*v.size(h, w), tile_size or max(h, w)) for v in ensemble_views]
+    tiles = view_grids[0]
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
     has_stages = bool(model.config.m2as_stages)
@@ -164,8 +167,7 @@ def _run(model, image, mask, threshold, tile, progress, tile_context: str = "ima
     def passes(n_tiles: int) -> int:
         return n_tiles * (2 if two_pass(n_tiles) else 1)
 
-    total_steps = b * sum(passes(len(tile_grid(*v.size(h, w), tile_size or max(h, w))))
-                          for v in ensemble_views)
+    total_steps = b * sum(passes(len(grid)) for grid in view_grids)
     done = 0
 
     def step():
@@ -191,11 +193,10 @@ def _run(model, image, mask, threshold, tile, progress, tile_context: str = "ima
     def analyze_tile(x, tile_mask):
         return model.analyze(x, mask=tile_mask, threshold=threshold, shaken=shaken)
 
-    def run_view(x_view, mask_view) -> _Maps:
+    def run_view(x_view, mask_view, view_tiles) -> _Maps:
         """Tile-blended sums over one view of one item (layout of the view)."""
         nonlocal processed, grid_pixels
         vh, vw = x_view.shape[-2:]
-        view_tiles = tile_grid(vh, vw, tile_size or max(vh, vw))
 
         def tile_inputs(t):
             rows, cols = t.slices
@@ -243,11 +244,11 @@ def _run(model, image, mask, threshold, tile, progress, tile_context: str = "ima
                         shaken = torch.zeros(1, dtype=torch.bool)
                     shake_flags.append(bool(shaken[0]))
                 summed = None
-                for view in ensemble_views:  # one decision on shake for every view
+                for view, grid in zip(ensemble_views, view_grids):  # one shake decision
                     x_view = view.apply(batch[item:item + 1])
                     mask_view = None if user_mask is None else view.apply(user_mask[item:item + 1])
-                    summed = _add_view(summed, _averaged(run_view(x_view, mask_view), has_stages),
-                                       view)
+                    maps = run_view(x_view, mask_view, grid)
+                    summed = _add_view(summed, _averaged(maps, has_stages), view)
                 if len(ensemble_views) > 1:
                     for total in summed:
                         if total is not None:

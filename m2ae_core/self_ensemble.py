@@ -1,8 +1,9 @@
 """Dihedral self-ensemble: restore flipped and rotated copies of an image and average them.
 
 A network's errors differ from one orientation of an image to the next, so the mean of the
-restorations of its mirrored / rotated copies (each turned back) is closer to the truth than
-any one of them, at one forward per copy. ``views(n)`` gives the copies used for ``n`` in
+restorations of its mirrored / rotated copies (each turned back) can be closer to the truth
+than one restoration, at one forward per copy (measured for the bundled default in
+docs/results/self-ensemble/). ``views(n)`` gives the copies used for ``n`` in
 ``ENSEMBLE_SIZES``; each ``View`` turns image-like maps and displacement fields both ways.
 """
 from __future__ import annotations

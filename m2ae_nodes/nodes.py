@@ -22,6 +22,7 @@ import comfy.utils
 from comfy_api.latest import ComfyExtension, io
 from m2ae_core import DeblurResult, M2AEError, analyze, deblur
 from m2ae_core.inference import TILE_CONTEXTS
+from m2ae_core.self_ensemble import ENSEMBLE_SIZES
 from m2ae_core.tiling import MIN_TILE, resolve_tile_size
 from m2ae_core.visualize import trajectory_to_rgb
 
@@ -31,7 +32,7 @@ from .models import M2AEModel
 CATEGORY = "M2AE"
 MAX_TILE = 16384
 # the node's choice -> deblur's ensemble size (words read better than numbers in a combo)
-SELF_ENSEMBLE = {"off": 1, "x2": 2, "x4": 4, "x8": 8}
+SELF_ENSEMBLE = {("off" if n == 1 else f"x{n}"): n for n in ENSEMBLE_SIZES}
 
 M2AEModelType = io.Custom("M2AE_MODEL")
 M2AETrajectoryType = io.Custom("M2AE_TRAJECTORY")
@@ -352,9 +353,9 @@ class M2AEPrunedDeblur(io.ComfyNode):
                             "time); tile: each tile its own (one pass, tiles may differ "
                             "slightly)."),
                 _shake_input(),
-                _ensemble_input("Also restore mirrored / rotated copies and average them: a "
-                                "little more detail and a quieter background, at 2, 4 or 8 "
-                                "times the time."),
+                _ensemble_input("Also restore mirrored / rotated copies and average them: "
+                                "blurred regions a little sharper, the background less "
+                                "altered, at 2, 4 or 8 times the time."),
             ],
             outputs=[
                 io.Image.Output("restored", display_name="image",

@@ -19,6 +19,8 @@ import sys
 import numpy as np
 import torch
 
+from m2ae_core.self_ensemble import ENSEMBLE_SIZES
+
 IDENTICAL_DB = 100.0  # what m2ae eval counts an infinite PSNR as
 
 
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the first N samples")
     parser.add_argument("--preserve-sharp", action="store_true",
                         help="as m2ae deblur --preserve-sharp")
-    parser.add_argument("--ensemble", type=int, choices=(1, 2, 4, 8), default=1,
+    parser.add_argument("--ensemble", type=int, choices=ENSEMBLE_SIZES, default=1,
                         help="as m2ae deblur --ensemble")
     args = parser.parse_args(argv)
     from m2ae_core import load_model
