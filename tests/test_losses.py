@@ -8,7 +8,7 @@ import torch
 from m2ae_core.network import build_model
 from m2ae_core.training.losses import (LossConfig, M2AELoss, fft_l1, forward_warp,
                                        mask_cross_entropy, reblur_loss, reconstruction_loss,
-                                       soft_jaccard_loss,
+                                       sharp_pixel_log_mse, soft_jaccard_loss,
                                        ssim_loss, to_stage_grid, trajectory_loss, tv_loss,
                                        weighted_l1)
 from m2ae_core.m2as import StageOutput
@@ -202,6 +202,54 @@ def test_reconstruction_terms():
     heavy = weighted_l1(err, gt, mask, 3.0)
     assert heavy > plain
     assert weighted_l1(err, gt, torch.ones_like(mask), 3.0).item() == pytest.approx(plain.item())
+
+
+def test_sharp_pixel_log_mse_hand_computed():
+    gt = torch.zeros(3, 3, 4, 4)
+    out = gt.clone()
+    mask = torch.zeros(3, 1, 4, 4)
+    mask[0, :, :2] = 1  # sample 0: top half blurred, its errors there do not count
+    out[0, :, :2] += 0.9
+    out[0, :, 2:] += 0.1  # MSE 0.01 on its sharp half
+    out[1, 0] += 0.2  # sample 1: one channel of three off by 0.2, MSE 0.04 / 3
+    mask[2] = 1  # sample 2: no sharp pixel, left out
+    out[2] += 0.5
+    expected = (10 * math.log10(0.01 + 1e-6) + 10 * math.log10(0.04 / 3 + 1e-6)) / 2
+    assert sharp_pixel_log_mse(out, gt, mask).item() == pytest.approx(expected, rel=1e-5)
+    # An untouched background reaches the floor: 60 dB, not infinity.
+    assert sharp_pixel_log_mse(gt, gt, mask).item() == pytest.approx(-60.0)
+    assert sharp_pixel_log_mse(out, gt, torch.ones_like(mask)).item() == 0.0
+
+
+def test_sharp_pixel_term_moves_only_sharp_pixels():
+    torch.manual_seed(3)
+    gt = torch.rand(2, 3, 8, 8)
+    out = (gt + 0.05 * torch.randn_like(gt)).requires_grad_()
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[..., 2:6, 2:6] = 1
+    sharp_pixel_log_mse(out, gt, mask).backward()
+    inside = out.grad * mask
+    outside = out.grad * (1 - mask)
+    assert inside.abs().sum() == 0 and outside.abs().sum() > 0
+    # Descending it brings the sharp pixels towards the target.
+    assert ((out - 0.01 * out.grad - gt) * (1 - mask)).square().sum() < \
+        ((out - gt) * (1 - mask)).square().sum()
+
+
+def test_sharp_pixel_weight_adds_its_term_to_the_total():
+    torch.manual_seed(6)
+    model = build_model("nafnet-small", width=8).train()
+    blur, sharp = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[:, :, 8:20, 4:30] = 1
+    output = model(blur)
+    plain = M2AELoss(LossConfig())(output, blur, sharp, mask)
+    weighted = M2AELoss(LossConfig(sharp_psnr_weight=0.01))(output, blur, sharp, mask)
+    assert "sharp" not in plain
+    assert weighted["sharp"].item() == pytest.approx(
+        sharp_pixel_log_mse(output.image, sharp, mask).item())
+    assert weighted["total"].item() == pytest.approx(
+        (plain["total"] + 0.01 * weighted["sharp"]).item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("preset", ["small", "nafnet-small"])

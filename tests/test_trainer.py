@@ -267,6 +267,61 @@ def test_exact_resume_is_bitwise(straight_run, photos, tmp_path):
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 7
 
 
+def test_weight_average_is_an_exponential_moving_average():
+    from m2ae_core.training.ema import WeightAverage
+
+    model = torch.nn.BatchNorm1d(2)  # a float weight and an integer counter
+    average = WeightAverage(model, decay=0.75)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+        model.num_batches_tracked.fill_(5)
+    average.update(model)
+    assert torch.allclose(average.weights["weight"], 0.75 * start + 0.25 * 3.0)
+    assert average.weights["num_batches_tracked"].item() == 5  # copied, not averaged
+    average.update(model)
+    assert torch.allclose(average.weights["weight"], 0.75 ** 2 * start + (1 - 0.75 ** 2) * 3.0)
+    assert average.updates == 2
+    copy = average.copy_to(torch.nn.BatchNorm1d(2))
+    assert torch.equal(copy.weight.detach(), average.weights["weight"])
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="ema_decay"):
+            WeightAverage(model, bad)
+    with pytest.raises(ValueError, match="does not match"):
+        average.load_state_dict({"updates": 1, "weights": {"weight": start}})
+
+
+def test_weight_average_is_trained_validated_exported_and_resumed_exactly(photos, tmp_path):
+    from safetensors.torch import load_file
+
+    settings = _tiny_config(photos, tmp_path / "straight",
+                            optim={"lr": 1e-3, "ema_decay": 0.5})
+    train(load_config(_write_yaml(tmp_path / "straight.yaml", settings)))
+    straight = tmp_path / "straight"
+    trained, averaged = (load_file(straight / "final.safetensors"),
+                         load_file(straight / "final_ema.safetensors"))
+    assert trained.keys() == averaged.keys()
+    assert any(not torch.equal(trained[k], averaged[k]) for k in trained)
+    val = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()
+           if json.loads(line)["kind"] == "val"]
+    assert all(np.isfinite(r["val_ema_wpsnr_out"]) and np.isfinite(r["val_wpsnr_out"])
+               for r in val)
+    assert torch.load(straight / "last.pt", weights_only=True)["ema"]["updates"] == 6
+    # 3 steps, resume, 3 steps: the same average, bit for bit.
+    cfg = _write_yaml(tmp_path / "split.yaml", dict(settings, out_dir=str(tmp_path / "split")))
+    assert main(["--config", str(cfg), "--stop-at", "3"]) == 0
+    assert (tmp_path / "split" / "latest_ema.safetensors").is_file()
+    assert main(["--config", str(cfg), "--resume"]) == 0
+    resumed = load_file(tmp_path / "split" / "final_ema.safetensors")
+    for key in averaged:
+        assert torch.equal(resumed[key], averaged[key]), key
+
+
+def test_ema_decay_must_be_below_one(photos, tmp_path):
+    with pytest.raises(ConfigError, match="ema_decay"):
+        config_from_dict(_tiny_config(photos, tmp_path, optim={"ema_decay": 1.0}))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

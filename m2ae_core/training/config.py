@@ -102,6 +102,9 @@ class OptimSection:
     eps: float = 1e-8
     warmup_steps: int = 0  # linear warm-up before the cosine (0 = none)
     grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping (norm still logged)
+    # Decay of an exponential moving average of the weights, written beside the trained
+    # ones (final_ema.safetensors) and validated too; 0 = off.
+    ema_decay: float = 0.0
 
 
 @dataclass
@@ -143,6 +146,7 @@ class TrainConfig:
             (len(tuple(self.optim.betas)) == 2, "optim.betas must have two values"),
             (self.optim.lr > 0 and 0 <= self.optim.min_lr <= self.optim.lr,
              "optim.lr must be > 0 and 0 <= min_lr <= lr"),
+            (0.0 <= self.optim.ema_decay < 1.0, "optim.ema_decay must be in [0, 1) (0 = off)"),
             (self.amp in ("none", "bf16"), "amp must be 'none' or 'bf16'"),
             (self.stop_at is None or self.stop_at >= 1, "stop_at must be >= 1"),
         ]

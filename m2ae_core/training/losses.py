@@ -5,6 +5,11 @@
 * ``L_recon = L1 + SSIM-loss + 0.1 * FFT-L1`` on the restored image; the L1 term can give
   blurred pixels extra weight (``l1_mask_weight``; DESIGN §7 suggests leaning towards the
   mask because sharp regions are easy and dominate an unweighted mean).
+* ``L_sharp`` (ours, off by default, ``sharp_psnr_weight``): minus the PSNR over each local
+  sample's sharp (unmasked) pixels, averaged over samples. L1 weighs an error the same
+  wherever it is; the log of the background's MSE weighs it by how clean the background
+  already is, so small changes to pixels that should stay untouched cost much more: the
+  quantity the benchmark's sharp-pixel PSNR scores.
 * ``L_mask``: cross-entropy of each M2AS stage's logits (channel 0 = blurred) against the
   ground-truth mask max-pooled to the stage grid (a grid pixel is blurred if any input pixel
   it covers is). ``mask_jaccard_weight`` (ours, off by default) adds a soft-Jaccard term per
@@ -37,7 +42,7 @@ from torch import nn
 from ..trajectory import trajectory_instants
 
 __all__ = ["forward_warp", "reblur_loss", "trajectory_loss", "tv_loss", "fft_l1", "ssim_loss",
-           "weighted_l1", "reconstruction_loss", "mask_cross_entropy", "soft_jaccard_loss",
+           "weighted_l1", "sharp_pixel_log_mse", "reconstruction_loss", "mask_cross_entropy", "soft_jaccard_loss",
            "to_stage_grid",
            "LossConfig", "M2AELoss"]
 
@@ -171,6 +176,22 @@ def weighted_l1(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor |
     return (diff * weight).sum() / weight.sum()
 
 
+def sharp_pixel_log_mse(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                        floor: float = 1e-6) -> torch.Tensor:
+    """Mean over samples of ``10 log10(MSE + floor)`` on the pixels where ``mask`` [B,1,H,W]
+    is below 0.5 (sharp): minus their PSNR in dB. Samples without sharp pixels do not count;
+    zero when none has any. ``floor`` caps the PSNR at 60 dB, so an untouched clean
+    background does not take over the gradient."""
+    sharp = (mask < 0.5).to(output.dtype)  # [B,1,H,W]
+    counts = sharp.flatten(1).sum(1) * output.shape[1]
+    squared = ((output - target).square() * sharp).flatten(1).sum(1)
+    has_sharp = counts > 0
+    if not bool(has_sharp.any()):
+        return output.new_zeros(())
+    mse = squared[has_sharp] / counts[has_sharp]
+    return (10.0 * torch.log10(mse + floor)).mean()
+
+
 def reconstruction_loss(output: torch.Tensor, target: torch.Tensor,
                         mask: torch.Tensor | None = None, mask_weight: float = 1.0,
                         ssim_weight: float = 1.0, fft_weight: float = 0.1,
@@ -246,6 +267,7 @@ class LossConfig:
     fft_weight: float = 0.1
     # Extra L1 weight of blurred pixels: weight = 1 + l1_mask_weight * mask.
     l1_mask_weight: float = 1.0
+    sharp_psnr_weight: float = 0.0  # L_sharp coefficient (not in DESIGN, see above); 0 = off
     mask_weight: float = 0.01  # L_mask coefficient
     mask_balanced: bool = False  # class-balanced L_mask (blurred and sharp pixels weigh alike)
     mask_jaccard_weight: float = 0.0  # soft-Jaccard term added to each stage's L_mask; 0 = off
@@ -270,7 +292,8 @@ class M2AELoss(nn.Module):
     """The full training loss. ``forward(output, blur, sharp, mask)`` returns a dict of named
     scalar tensors: ``l1 ssim fft recon`` and, with M2AS stages, ``mask reblur tv offset``
     (summed over stages) plus per-stage ``mask_s{k} reblur_s{k} tv_s{k}`` (and ``traj``,
-    ``traj_s{k}`` with ``trajectory_weight`` and a trajectory given); ``total`` is the
+    ``traj_s{k}`` with ``trajectory_weight`` and a trajectory given; ``sharp`` with
+    ``sharp_psnr_weight`` and a mask given); ``total`` is the
     value to minimise.
 
     ``output`` is a ``NetworkOutput`` (``.image`` and ``.stages``); ``blur``/``sharp`` are
@@ -305,6 +328,9 @@ class M2AELoss(nn.Module):
             terms = reconstruction_loss(image.float(), sharp, mask, cfg.l1_mask_weight,
                                         cfg.ssim_weight, cfg.fft_weight, cfg.l1_weight)
         total = terms["recon"]
+        if cfg.sharp_psnr_weight and image is not None and mask is not None:
+            terms["sharp"] = sharp_pixel_log_mse(image.float(), sharp, mask)
+            total = total + cfg.sharp_psnr_weight * terms["sharp"]
         if stages:
             gt_mask = mask if mask is not None else torch.ones_like(sharp[:, :1])
             # for shake heads: which frames are camera shake (given, else an all-ones mask)

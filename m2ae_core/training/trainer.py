@@ -14,7 +14,9 @@ Output folder (``out_dir``): ``config.json`` (the resolved config), ``metrics.js
 JSON object per line: ``kind`` "start", "train" or "val"), ``last.pt`` (model, optimiser,
 scheduler, step, RNG states of every rank, sampler position), ``best.safetensors`` (best
 validation weighted PSNR so far), ``final.safetensors`` at the end (``latest.safetensors``
-when a run stops early through ``stop_at`` / ``time_limit``).
+when a run stops early through ``stop_at`` / ``time_limit``). With ``optim.ema_decay`` the
+weights' moving average is checkpointed, validated (``val_ema_*``) and exported beside them
+(``final_ema.safetensors`` / ``latest_ema.safetensors``).
 
 Exactness: sample ``g`` of the data stream is a pure function of (data seed, g) and rank
 ``r`` trains on ``g = (step * W + r) * B + slot`` at ``step``, so a resumed run draws the
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -43,6 +46,7 @@ from ..errors import M2AEError
 from ..metrics import endpoint_error
 from .config import TrainConfig, load_config
 from .datasets import SampleStream, StepBatchDataset, collate, make_validation_set
+from .ema import WeightAverage
 from .losses import M2AELoss, psnr_from_mse, to_stage_grid
 
 __all__ = ["train", "add_train_arguments", "run_train", "main", "lr_factor",
@@ -351,6 +355,7 @@ def _train(config: TrainConfig, world: int, rank: int, device: torch.device) -> 
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     criterion = M2AELoss(config.loss)
+    average = None  # the weight average, built once the starting weights are in place
 
     step, best, resumed_from = 0, None, None
     ckpt_path = out / CHECKPOINT_NAME
@@ -365,6 +370,13 @@ def _train(config: TrainConfig, world: int, rank: int, device: torch.device) -> 
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         step, best, resumed_from = int(ckpt["step"]), ckpt.get("best"), str(ckpt_path)
+        if opt_cfg.ema_decay:
+            average = WeightAverage(model, opt_cfg.ema_decay)
+            if ckpt.get("ema") is not None:
+                average.load_state_dict(ckpt["ema"])
+            elif main_rank:
+                print("m2ae train: warning: the checkpoint has no weight average; it starts "
+                      "from the resumed weights", file=sys.stderr)
         sampler = ckpt.get("sampler", {})
         same_layout = (sampler.get("world_size") == world
                        and sampler.get("batch_size") == config.batch_size
@@ -386,6 +398,9 @@ def _train(config: TrainConfig, world: int, rank: int, device: torch.device) -> 
                 print(f"init_weights: {len(fresh)} new mask-head tensors start fresh",
                       flush=True)
         _seed_all(config.seed * 1009 + rank)  # ranks differ in their Gumbel noise
+        if opt_cfg.ema_decay:
+            average = WeightAverage(model, opt_cfg.ema_decay)
+    averaged_model = copy.deepcopy(model) if average is not None and main_rank else None
     # Make the scheduler use the (possibly changed) total step count from here on.
     for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
         group["lr"] = base * schedule(step)
@@ -462,6 +477,7 @@ def _train(config: TrainConfig, world: int, rank: int, device: torch.device) -> 
                           "sampler": {"seed": stream.settings.seed, "next_step": step,
                                       "world_size": world, "batch_size": config.batch_size},
                           "best": best, "config": config.to_dict(),
+                          "ema": None if average is None else average.state_dict(),
                           "model_config": model.config.to_dict()}, ckpt_path)
 
     # No reconstruction term (training mask heads alone): nothing after the last M2AS stage
@@ -489,6 +505,8 @@ def _train(config: TrainConfig, world: int, rank: int, device: torch.device) -> 
             optimizer.step()
         else:
             skipped += 1
+        if average is not None:
+            average.update(model)
         scheduler.step()
         step += 1
         for key, value in terms.items():
@@ -532,6 +550,10 @@ def _train(config: TrainConfig, world: int, rank: int, device: torch.device) -> 
         if val is not None and ((config.val_every and step % config.val_every == 0) or final):
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 metrics = validate(model, val, device, config.data.val_batch)
+                if averaged_model is not None:
+                    averaged = validate(average.copy_to(averaged_model), val, device,
+                                        config.data.val_batch)
+                    metrics.update({"val_ema_" + k[4:]: v for k, v in averaged.items()})
             log.write({"kind": "val", "step": step, "time": time.time(), **metrics})
             score = metrics.get("val_wpsnr_out")
             if score is not None and (best is None or score > best):
@@ -554,6 +576,9 @@ def _train(config: TrainConfig, world: int, rank: int, device: torch.device) -> 
     if main_rank:
         exported = out / ("final.safetensors" if completed else "latest.safetensors")
         save_weights(model, exported)
+        if averaged_model is not None:
+            save_weights(average.copy_to(averaged_model),
+                         exported.with_name(exported.stem + "_ema.safetensors"))
     if os.environ.get(DEBUG_RANK_STATE_ENV) == "1":
         out.mkdir(parents=True, exist_ok=True)
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()},
