@@ -42,9 +42,8 @@ from torch import nn
 from ..trajectory import trajectory_instants
 
 __all__ = ["forward_warp", "reblur_loss", "trajectory_loss", "tv_loss", "fft_l1", "ssim_loss",
-           "weighted_l1", "sharp_pixel_log_mse", "reconstruction_loss", "mask_cross_entropy", "soft_jaccard_loss",
-           "to_stage_grid",
-           "LossConfig", "M2AELoss"]
+           "weighted_l1", "sharp_pixel_log_mse", "reconstruction_loss", "mask_cross_entropy",
+           "soft_jaccard_loss", "to_stage_grid", "LossConfig", "M2AELoss"]
 
 
 # --------------------------------------------------------------------------- forward warping
