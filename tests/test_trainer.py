@@ -332,7 +332,8 @@ def test_ddp_two_processes_end_identical(photos, tmp_path):
     out = tmp_path / "ddp"
     cfg = _write_yaml(tmp_path / "ddp.yaml",
                       _tiny_config(photos, out, steps=2, batch_size=1, threads=1,
-                                   val_every=0, checkpoint_every=0))
+                                   val_every=0, checkpoint_every=0,
+                                   optim={"ema_decay": 0.5}))  # the average runs under DDP too
     env = dict(os.environ, M2AE_DEBUG_RANK_STATE="1", OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
@@ -348,6 +349,7 @@ def test_ddp_two_processes_end_identical(photos, tmp_path):
     assert start["world_size"] == 2 and start["global_batch"] == 2
     ckpt = torch.load(out / "last.pt", weights_only=True)
     assert len(ckpt["rng"]) == 2 and ckpt["step"] == 2
+    assert ckpt["ema"]["updates"] == 2 and (out / "final_ema.safetensors").is_file()
     # Training moved the weights away from the (seeded, shared) initialisation.
     from m2ae_core.network import build_model
 
