@@ -296,8 +296,9 @@ def test_weight_average_is_trained_validated_exported_and_resumed_exactly(photos
 
     settings = _tiny_config(photos, tmp_path / "straight",
                             optim={"lr": 1e-3, "ema_decay": 0.5})
-    train(load_config(_write_yaml(tmp_path / "straight.yaml", settings)))
+    summary = train(load_config(_write_yaml(tmp_path / "straight.yaml", settings)))
     straight = tmp_path / "straight"
+    assert summary["ema_weights"] == str(straight / "final_ema.safetensors")
     trained, averaged = (load_file(straight / "final.safetensors"),
                          load_file(straight / "final_ema.safetensors"))
     assert trained.keys() == averaged.keys()

@@ -572,13 +572,13 @@ def _train(config: TrainConfig, world: int, rank: int, device: torch.device) -> 
     completed = step >= config.steps
     if not completed and stop_reason == "completed":
         stop_reason = "stop_at"
-    exported = None
+    exported = exported_average = None
     if main_rank:
         exported = out / ("final.safetensors" if completed else "latest.safetensors")
         save_weights(model, exported)
         if averaged_model is not None:
-            save_weights(average.copy_to(averaged_model),
-                         exported.with_name(exported.stem + "_ema.safetensors"))
+            exported_average = save_weights(average.copy_to(averaged_model),
+                                            exported.with_name(exported.stem + "_ema.safetensors"))
     if os.environ.get(DEBUG_RANK_STATE_ENV) == "1":
         out.mkdir(parents=True, exist_ok=True)
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -588,9 +588,11 @@ def _train(config: TrainConfig, world: int, rank: int, device: torch.device) -> 
     median = float(np.median(step_times)) if step_times else None
     summary = {"step": step, "completed": completed, "stop_reason": stop_reason,
                "out_dir": str(out), "weights": str(exported) if exported else None,
+               "ema_weights": str(exported_average) if exported_average else None,
                "median_s_per_step": median, "best_val_wpsnr": best}
     if main_rank and config.progress:
-        print(f"m2ae train: {stop_reason} at step {step}; weights {exported}", flush=True)
+        also = f" (moving average: {exported_average})" if exported_average else ""
+        print(f"m2ae train: {stop_reason} at step {step}; weights {exported}{also}", flush=True)
     return summary
 
 
