@@ -1,9 +1,11 @@
 """Trainer, training config and training data (DESIGN §4). Tiny models, 32 px crops."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -357,6 +359,77 @@ def test_ddp_two_processes_end_identical(photos, tmp_path):
     torch.manual_seed(0)
     init = build_model("small", width=8).state_dict()
     assert any(not torch.equal(init[k], a[k]) for k in a)
+
+
+def _train_records(run: Path) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() \
+        else []
+    return [r for r in map(json.loads, lines) if r["kind"] == "train"]
+
+
+def test_a_busy_run_folder_is_refused_and_sigterm_stops_with_an_exact_checkpoint(
+        photos, tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = _write_yaml(tmp_path / "cfg.yaml",
+                      _tiny_config(photos, run, steps=100000, val_every=0, checkpoint_every=0))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    proc = subprocess.Popen([sys.executable, "-m", "m2ae_core.training.trainer", "--config",
+                             str(cfg)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _train_records(run) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _train_records(run), "the run never logged a step"
+        # While it runs, a second run into its folder stops at once, naming the first.
+        assert main(["--config", str(cfg), "--resume"]) == 2
+        assert f"in use by another training run (pid {proc.pid}" in capsys.readouterr().err
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out[-2000:] + err[-2000:]
+    assert "SIGTERM: stopping after this step" in err and "--resume" in err
+    stopped_at = torch.load(run / "last.pt", weights_only=True)["step"]
+    assert stopped_at == _train_records(run)[-1]["step"] and 0 < stopped_at < 100000
+    assert (run / "latest.safetensors").is_file() and not (run / "final.safetensors").exists()
+    # The checkpoint is the state after exactly those steps: a run stopped there by
+    # --stop-at has the same weights, bit for bit.
+    twin = _write_yaml(tmp_path / "twin.yaml", _tiny_config(
+        photos, tmp_path / "twin", steps=100000, val_every=0, checkpoint_every=0))
+    assert main(["--config", str(twin), "--stop-at", str(stopped_at)]) == 0
+    interrupted = torch.load(run / "last.pt", weights_only=True)["model"]
+    reference = torch.load(tmp_path / "twin" / "last.pt", weights_only=True)["model"]
+    for key in reference:
+        assert torch.equal(interrupted[key], reference[key]), key
+    # The lock went with the process: the run resumes and finishes.
+    assert main(["--config", str(cfg), "--resume", "--steps", str(stopped_at + 2)]) == 0
+    assert [r["step"] for r in _train_records(run)][-2:] == [stopped_at + 1, stopped_at + 2]
+    assert (run / "final.safetensors").is_file()
+
+
+def test_run_folder_lock_outlives_no_process(tmp_path):
+    from m2ae_core.training.run_lock import RunFolderLock
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, sys.argv[1]);"
+        "from m2ae_core.training.run_lock import RunFolderLock;"
+        "lock = RunFolderLock(sys.argv[2]).acquire(); print('locked', flush=True); time.sleep(600)"),
+        str(REPO), str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(M2AEError, match=f"pid {holder.pid} on"):
+            RunFolderLock(tmp_path).acquire()
+    finally:
+        holder.kill()  # SIGKILL: no clean-up code runs in the holder
+        holder.wait()
+    with RunFolderLock(tmp_path) as lock:
+        assert f"pid {os.getpid()} on" in lock.path.read_text()
+        with pytest.raises(M2AEError, match="--out"):  # one process, two holders: refused too
+            RunFolderLock(tmp_path).acquire()
+    RunFolderLock(tmp_path).acquire().release()  # released on exit from the block
 
 
 def test_validation_reports_trajectory_error_of_an_untrained_motion_branch(photos):

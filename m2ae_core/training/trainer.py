@@ -14,7 +14,9 @@ Output folder (``out_dir``): ``config.json`` (the resolved config), ``metrics.js
 JSON object per line: ``kind`` "start", "train" or "val"), ``last.pt`` (model, optimiser,
 scheduler, step, RNG states of every rank, sampler position), ``best.safetensors`` (best
 validation weighted PSNR so far), ``final.safetensors`` at the end (``latest.safetensors``
-when a run stops early through ``stop_at`` / ``time_limit``). With ``optim.ema_decay`` the
+when a run stops early through ``stop_at`` / ``time_limit`` or a first Ctrl-C / SIGTERM, which
+finish the current step and checkpoint it), ``train.lock`` (held while a run writes the folder:
+a second run into it is refused). With ``optim.ema_decay`` the
 weights' moving average is checkpointed, validated (``val_ema_*``) and exported beside them
 (``final_ema.safetensors`` / ``latest_ema.safetensors``).
 
@@ -48,6 +50,8 @@ from .config import TrainConfig, load_config
 from .datasets import SampleStream, StepBatchDataset, collate, make_validation_set
 from .ema import WeightAverage
 from .losses import M2AELoss, psnr_from_mse, to_stage_grid
+from .run_lock import RunFolderLock
+from .stop_request import StopRequest
 
 __all__ = ["train", "add_train_arguments", "run_train", "main", "lr_factor",
            "weighted_psnr", "validate", "CHECKPOINT_NAME", "METRICS_NAME"]
@@ -270,12 +274,33 @@ def train(config: TrainConfig) -> dict:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         initialised_here = True
+    lock = RunFolderLock(config.out_dir)
     try:
-        return _train(config, world, rank, device)
+        _lock_on_rank0(lock, rank, world)
+        with StopRequest(announce=rank == 0) as stop_request:
+            return _train(config, world, rank, device, stop_request)
     finally:
+        lock.release()
         if initialised_here:
             dist.destroy_process_group()
         torch.set_num_threads(previous_threads)
+
+
+def _lock_on_rank0(lock: RunFolderLock, rank: int, world: int) -> None:
+    """Rank 0 takes the output folder's lock; every rank stops if it could not (the others
+    would otherwise wait for rank 0 at their first collective until the timeout)."""
+    problem = None
+    if rank == 0:
+        try:
+            lock.acquire()
+        except M2AEError as exc:
+            problem = str(exc)
+    if world > 1:
+        shared = [problem]
+        dist.broadcast_object_list(shared, src=0)
+        problem = shared[0]
+    if problem is not None:
+        raise M2AEError(problem)
 
 
 def _choose_trainable(model: torch.nn.Module, trainable, frozen) -> None:
@@ -330,7 +355,8 @@ def _load_initial_weights(model: torch.nn.Module, source: str) -> list[str]:
     return fresh
 
 
-def _train(config: TrainConfig, world: int, rank: int, device: torch.device) -> dict:
+def _train(config: TrainConfig, world: int, rank: int, device: torch.device,
+           stop_request: StopRequest) -> dict:
     from ..network import build_model
     from ..weights import save_weights
 
@@ -484,6 +510,8 @@ def _train(config: TrainConfig, world: int, rank: int, device: torch.device) -> 
     # enters the loss, so the forward stops there.
     loss_cfg = criterion.config
     heads_only = not (loss_cfg.l1_weight or loss_cfg.ssim_weight or loss_cfg.fft_weight)
+    if stop_request.requested:  # during setup: no step taken, nothing worth a checkpoint
+        raise KeyboardInterrupt
     for batch in loader:
         now = time.perf_counter()
         data_seconds += now - last_time
@@ -517,12 +545,11 @@ def _train(config: TrainConfig, world: int, rank: int, device: torch.device) -> 
         step_times.append(last_time - now)
 
         stop = step >= end_step
-        if config.time_limit is not None and not stop:
-            over = torch.tensor(float(last_time - run_start > config.time_limit), device=device)
-            if distributed:
-                dist.all_reduce(over, op=dist.ReduceOp.MAX)
-            if over.item() > 0:
-                stop, stop_reason = True, "time_limit"
+        if not stop:
+            reason = _early_stop(stop_request, config.time_limit, last_time - run_start,
+                                 distributed, device)
+            if reason:
+                stop, stop_reason = True, reason
 
         if step % config.log_every == 0 or stop:
             keys = sorted(sums)
@@ -570,7 +597,9 @@ def _train(config: TrainConfig, world: int, rank: int, device: torch.device) -> 
             break
 
     completed = step >= config.steps
-    if not completed and stop_reason == "completed":
+    if completed:
+        stop_reason = "completed"  # a signal during the last step changes nothing
+    elif stop_reason == "completed":
         stop_reason = "stop_at"
     exported = exported_average = None
     if main_rank:
@@ -594,6 +623,19 @@ def _train(config: TrainConfig, world: int, rank: int, device: torch.device) -> 
         also = f" (moving average: {exported_average})" if exported_average else ""
         print(f"m2ae train: {stop_reason} at step {step}; weights {exported}{also}", flush=True)
     return summary
+
+
+def _early_stop(stop_request: StopRequest, time_limit: float | None, seconds: float,
+                distributed: bool, device: torch.device) -> str | None:
+    """Why the run stops before its last step ("interrupted", "time_limit"), or None. Under
+    DDP the ranks agree (any rank's reason stops all), so they checkpoint at the same step."""
+    wanted = 2.0 if stop_request.requested else \
+        1.0 if time_limit is not None and seconds > time_limit else 0.0
+    if distributed:
+        flag = torch.tensor(wanted, device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        wanted = flag.item()
+    return {2.0: "interrupted", 1.0: "time_limit"}.get(wanted)
 
 
 # --------------------------------------------------------------------------- command line
@@ -657,13 +699,17 @@ def run_train(args: argparse.Namespace) -> int:
         if args.threads is not None:
             overrides["threads"] = args.threads
         config = load_config(args.config, overrides)
-        train(config)
+        summary = train(config)
     except (M2AEError, FileNotFoundError, ValueError) as exc:
         print(f"m2ae train: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("m2ae train: interrupted (resume from the last checkpoint with --resume)",
               file=sys.stderr)
+        return 130
+    if summary["stop_reason"] == "interrupted":
+        print(f"m2ae train: stopped at step {summary['step']} with a checkpoint; continue "
+              "with --resume", file=sys.stderr)
         return 130
     return 0
 
