@@ -276,20 +276,28 @@ def _add_demo_command(commands) -> None:
     demo.set_defaults(handler=run_demo)
 
 
-HEAVY_COMMANDS = {"deblur", "eval", "train", "demo"}  # worth a restart with huge pages (~1.5 s)
+HEAVY_COMMANDS = {"deblur", "eval", "train", "demo"}  # worth a restart with huge pages
+
+
+def _command_name(args: list[str]) -> str | None:
+    """The subcommand in a raw argument list (the top-level parser has no option that takes
+    a value, so it is the first word that is not an option)."""
+    return next((arg for arg in args if not arg.startswith("-")), None)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .memory import restart_with_huge_pages, return_freed_memory_promptly
+
+    if argv is None and _command_name(sys.argv[1:]) in HEAVY_COMMANDS:
+        # The process is the command's own (console script / python -m), never a caller's.
+        # Restart before building the parser: that imports torch, which would then be
+        # imported twice (~1.4 s here).
+        restart_with_huge_pages("m2ae_core.cli", sys.argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0
-    from .memory import restart_with_huge_pages, return_freed_memory_promptly
-
-    if argv is None and getattr(args, "command", None) in HEAVY_COMMANDS:
-        # the process is the command's own (console script / python -m), never a caller's
-        restart_with_huge_pages("m2ae_core.cli", sys.argv[1:])
     return_freed_memory_promptly()  # this process is ours: keep peak memory low and stable
     return int(args.handler(args) or 0)
 
