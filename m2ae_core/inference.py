@@ -18,7 +18,8 @@ from .macs import StagePixels, count_macs
 from .network import M2AENet
 from .global_context import ContextRecorder, fixed_context
 from .self_ensemble import views
-from .tiling import DEFAULT_OVERLAP, blend_weight, resolve_tile_size, tile_grid
+from .tiling import (DEFAULT_OVERLAP, available_memory, blend_weight, resolve_tile_size,
+                     tile_grid, untiled_bytes_per_pixel)
 
 ProgressCallback = Callable[[int, int], None]  # (tiles done, tiles total); may raise to abort
 TILE_CONTEXTS = ("image", "tile")
@@ -85,7 +86,10 @@ def deblur(model: M2AENet, image, *, mask=None, threshold: float = 0.5, pruned: 
     pruned: compute the mask-aware convs only on blurred pixels (exact; False = dense path).
     preserve_sharp: keep input pixels outside the (feathered) mask untouched; inside a
         predicted mask, blend toward the input where the blur probability is low.
-    tile: None = automatic by pixel count, 0 = never, N = N x N tiles with overlap.
+    tile: None = automatic: whole when the estimated memory fits in half of what the device
+        has available, else the largest tiles that do (by pixel count where the available
+        memory is unknown); 0 = never; N = N x N tiles with overlap. ``stats["tiles"]`` says
+        how many were used.
     tile_context: what the network's global pooling sees when tiling. "image" (default): the
         whole image, as untiled (two passes over the tiles, about twice the time); "tile":
         each tile its own (one pass; tiles may disagree slightly).
@@ -148,12 +152,14 @@ def _run(model, image, mask, threshold, tile, progress, tile_context: str = "ima
     batch, meta = imageio.to_tensor(image)
     b, _, h, w = batch.shape
     user_mask = None if mask is None else imageio.mask_to_tensor(mask, h, w, batch=b)
-    tile_size = resolve_tile_size(tile, h, w)
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    tile_size = resolve_tile_size(
+        tile, h, w, bytes_per_pixel=untiled_bytes_per_pixel(model.config.width, dtype),
+        available=available_memory(device) if tile is None else None)
     # each view's tiles (a quarter turn swaps height and width); the first view is the image
     view_grids = [tile_grid(*v.size(h, w), tile_size or max(h, w)) for v in ensemble_views]
     tiles = view_grids[0]
-    param = next(model.parameters())
-    device, dtype = param.device, param.dtype
     has_stages = bool(model.config.m2as_stages)
 
     was_training = model.training

@@ -1,12 +1,25 @@
 """Overlapping tiles with feathered blending, so big images run in bounded memory."""
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import dataclass
 
 import torch
 
-# Above this many pixels, tile=None tiles automatically (memory of the paper preset grows
-# ~1.7 KB per pixel on CPU; 4 MP stays below ~7 GB).
+# tile=None (automatic) restores the image whole when its estimated peak memory fits in
+# AUTO_MEMORY_SHARE of what the device has available, else in the largest tiles that fit
+# (a multiple of AUTO_TILE_STEP, at least AUTO_TILE_MIN). Tiling costs time: with the
+# image's context every tile runs twice, and tiles overlap (a 13 MP photo: 3.1x the MACs).
+AUTO_MEMORY_SHARE = 0.5
+AUTO_TILE_STEP = 256
+AUTO_TILE_MIN = 512
+# Peak memory of an untiled forward, in float maps of the model's width per input pixel,
+# measured with an all-blurred mask by scripts/tile_memory.py
+# (docs/results/tile-memory/): 6.9 for the bundled model, 6.2 for the paper preset; rounded
+# up for what the measurement did not cover (other allocators, images of other content).
+PEAK_MAPS = 8.0
+# Where the available memory is unknown (not Linux, MPS...): tile above this many pixels.
 AUTO_TILE_PIXELS = 4_194_304
 AUTO_TILE_SIZE = 1024
 DEFAULT_OVERLAP = 64
@@ -41,9 +54,43 @@ def tile_grid(height: int, width: int, tile: int, overlap: int = DEFAULT_OVERLAP
             for top in _starts(height, tile, overlap) for left in _starts(width, tile, overlap)]
 
 
-def resolve_tile_size(tile: int | None, height: int, width: int) -> int:
-    """``None``: automatic from the pixel count; ``0``: no tiling; otherwise the tile side."""
+def untiled_bytes_per_pixel(width: int, dtype: torch.dtype = torch.float32) -> float:
+    """Estimated peak memory of an untiled forward per input pixel, for a model of ``width``."""
+    return PEAK_MAPS * width * torch.empty((), dtype=dtype).element_size()
+
+
+def available_memory(device: torch.device | str) -> int | None:
+    """Bytes ``device`` can still give (CPU: the kernel's MemAvailable; CUDA: free memory), or
+    None where that is unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "cpu" and sys.platform.startswith("linux"):
+        try:
+            with open("/proc/meminfo", encoding="ascii") as meminfo:
+                for line in meminfo:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            return None
+    return None
+
+
+def resolve_tile_size(tile: int | None, height: int, width: int, *,
+                      bytes_per_pixel: float | None = None, available: int | None = None) -> int:
+    """The tile side to run with; ``0`` means untiled.
+
+    ``tile``: ``0`` = never tile, ``N`` = tiles of ``N`` x ``N``, ``None`` = automatic: from
+    the memory an untiled run needs (``bytes_per_pixel`` x pixels) against ``available``, or,
+    when either is unknown, from the pixel count alone (above ``AUTO_TILE_PIXELS``).
+    """
     if tile is None:
+        if bytes_per_pixel and available:
+            budget = AUTO_MEMORY_SHARE * available
+            if height * width * bytes_per_pixel <= budget:
+                return 0
+            side = int(math.sqrt(budget / bytes_per_pixel)) // AUTO_TILE_STEP * AUTO_TILE_STEP
+            return max(side, AUTO_TILE_MIN)
         return AUTO_TILE_SIZE if height * width > AUTO_TILE_PIXELS else 0
     tile = int(tile)
     if tile == 0:

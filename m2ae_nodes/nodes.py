@@ -338,7 +338,8 @@ class M2AEPrunedDeblur(io.ComfyNode):
                             "blur probability is low."),
                 io.Int.Input(
                     "tile_size", default=0, min=0, max=MAX_TILE, step=16,
-                    tooltip=f"0 = automatic (tiles only above 4 megapixels); otherwise process "
+                    tooltip=f"0 = automatic (tiles only when the whole image would need more than "
+                            f"half the memory the device has free); otherwise process "
                             f"overlapping tiles of this many pixels (at least {MIN_TILE}) to "
                             f"save memory."),
                 io.Mask.Input(

@@ -147,8 +147,57 @@ def test_tile_grid_covers_the_image():
         covered[t.slices] = True
         assert t.height <= 128 and t.width <= 128
     assert covered.all()
+    # Available memory unknown: by pixel count.
     assert resolve_tile_size(None, 4000, 3000) == AUTO_TILE_SIZE
     assert resolve_tile_size(None, 512, 512) == 0
+
+
+def test_automatic_tiling_follows_the_available_memory():
+    # 12 MP at 400 B/px needs 4.8 GB: whole with 10 GB available, tiled with 8 GB.
+    assert resolve_tile_size(None, 3000, 4000, bytes_per_pixel=400, available=10 * 10**9) == 0
+    # 8 GB: half is 4 GB, sqrt(4e9 / 400) = 3162 px -> 3072 (a multiple of 256)
+    assert resolve_tile_size(None, 3000, 4000, bytes_per_pixel=400, available=8 * 10**9) == 3072
+    # Very little memory: never below the smallest automatic tile.
+    assert resolve_tile_size(None, 3000, 4000, bytes_per_pixel=400, available=10**6) == 512
+    # A small image on a big machine is whole, where the pixel rule agrees...
+    assert resolve_tile_size(None, 512, 512, bytes_per_pixel=400, available=8 * 10**9) == 0
+    # ...and a big one is whole too where the pixel rule would tile it.
+    assert resolve_tile_size(None, 4000, 3000, bytes_per_pixel=400, available=32 * 10**9) == 0
+    # An explicit tile wins over the memory.
+    assert resolve_tile_size(700, 3000, 4000, bytes_per_pixel=400, available=10 * 10**9) == 700
+    assert resolve_tile_size(0, 3000, 4000, bytes_per_pixel=400, available=10**6) == 0
+    from m2ae_core.tiling import PEAK_MAPS, untiled_bytes_per_pixel
+
+    assert untiled_bytes_per_pixel(16) == PEAK_MAPS * 16 * 4
+    assert untiled_bytes_per_pixel(16, torch.float16) == PEAK_MAPS * 16 * 2
+
+
+def test_available_memory_reads_the_system(monkeypatch):
+    import sys
+
+    from m2ae_core import tiling
+
+    if sys.platform.startswith("linux"):
+        total = next(int(line.split()[1]) * 1024 for line in open("/proc/meminfo")
+                     if line.startswith("MemTotal:"))
+        assert 0 < tiling.available_memory("cpu") <= total
+    assert tiling.available_memory("meta") is None
+
+
+def test_deblur_tiles_automatically_when_memory_is_short(model, monkeypatch):
+    from m2ae_core import inference
+
+    image = photo(600, 700, seed=5)
+    roomy = deblur(model, image, tile_context="tile")
+    assert roomy.stats["tiles"] == 1
+    # as if the machine had only enough for a 512 px tile of this model
+    per_pixel = inference.untiled_bytes_per_pixel(model.config.width)
+    monkeypatch.setattr(inference, "available_memory", lambda device: int(2 * 520**2 * per_pixel))
+    short = deblur(model, image, tile_context="tile")
+    assert short.stats["tiles"] == 4  # 512 px tiles with 64 px overlap over 600 x 700
+    # Same restoration up to the per-tile pooling of the tiles' seams.
+    diff = np.abs(short.image.astype(float) - roomy.image.astype(float))
+    assert 0 < diff.mean() < 3
 
 
 def test_progress_callback_can_interrupt(model):
