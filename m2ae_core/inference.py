@@ -5,6 +5,7 @@ restore -> crop -> blend tiles -> optional sharp-preserving composite -> back to
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -87,9 +88,9 @@ def deblur(model: M2AENet, image, *, mask=None, threshold: float = 0.5, pruned: 
     preserve_sharp: keep input pixels outside the (feathered) mask untouched; inside a
         predicted mask, blend toward the input where the blur probability is low.
     tile: None = automatic: whole when the estimated memory fits in half of what the device
-        has available, else the largest tiles that do (by pixel count where the available
-        memory is unknown); 0 = never; N = N x N tiles with overlap. ``stats["tiles"]`` says
-        how many were used.
+        has available (divided among the calls running at once in this process), else the
+        largest tiles that do (by pixel count where the available memory is unknown);
+        0 = never; N = N x N tiles with overlap. ``stats["tiles"]`` says how many were used.
     tile_context: what the network's global pooling sees when tiling. "image" (default): the
         whole image, as untiled (two passes over the tiles, about twice the time); "tile":
         each tile its own (one pass; tiles may disagree slightly).
@@ -103,9 +104,10 @@ def deblur(model: M2AENet, image, *, mask=None, threshold: float = 0.5, pruned: 
         background less altered (docs/results/self-ensemble/), at that many times the time.
         The maps are the copies' consensus.
     """
-    return _run(model, image, mask, threshold, tile, progress, tile_context, restore=True,
-                pruned=pruned, preserve_sharp=preserve_sharp, shake_test=shake_test,
-                ensemble=ensemble)
+    with RUNS_IN_FLIGHT:
+        return _run(model, image, mask, threshold, tile, progress, tile_context, restore=True,
+                    pruned=pruned, preserve_sharp=preserve_sharp, shake_test=shake_test,
+                    ensemble=ensemble)
 
 
 def analyze(model: M2AENet, image, *, mask=None, threshold: float = 0.5,
@@ -117,8 +119,36 @@ def analyze(model: M2AENet, image, *, mask=None, threshold: float = 0.5,
     Runs the network only up to its first M2AS stage, so it costs a fraction of ``deblur``;
     the maps equal those ``deblur`` reports for the same input and settings.
     """
-    return _run(model, image, mask, threshold, tile, progress, tile_context, restore=False,
-                shake_test=shake_test, ensemble=ensemble)
+    with RUNS_IN_FLIGHT:
+        return _run(model, image, mask, threshold, tile, progress, tile_context, restore=False,
+                    shake_test=shake_test, ensemble=ensemble)
+
+
+class _RunCounter:
+    """How many ``deblur`` / ``analyze`` calls run at once in this process (a web demo's
+    worker threads): automatic tiling gives each an equal share of the available memory, since
+    one run's estimate cannot see what the others are about to allocate."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> "_RunCounter":
+        with self._lock:
+            self.count += 1
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        with self._lock:
+            self.count -= 1
+
+
+RUNS_IN_FLIGHT = _RunCounter()
+
+
+def _available_share(device: torch.device) -> int | None:
+    available = available_memory(device)
+    return None if available is None else available // max(1, RUNS_IN_FLIGHT.count)
 
 
 def _check_tile_context(tile_context: str) -> None:
@@ -156,7 +186,7 @@ def _run(model, image, mask, threshold, tile, progress, tile_context: str = "ima
     device, dtype = param.device, param.dtype
     tile_size = resolve_tile_size(
         tile, h, w, bytes_per_pixel=untiled_bytes_per_pixel(model.config.width, dtype),
-        available=available_memory(device) if tile is None else None)
+        available=_available_share(device) if tile is None else None)
     # each view's tiles (a quarter turn swaps height and width); the first view is the image
     view_grids = [tile_grid(*v.size(h, w), tile_size or max(h, w)) for v in ensemble_views]
     tiles = view_grids[0]

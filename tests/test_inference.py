@@ -198,6 +198,13 @@ def test_deblur_tiles_automatically_when_memory_is_short(model, monkeypatch):
     # Same restoration up to the per-tile pooling of the tiles' seams.
     diff = np.abs(short.image.astype(float) - roomy.image.astype(float))
     assert 0 < diff.mean() < 3
+    # Room for this image whole, but another run is in flight in the process: each gets half.
+    monkeypatch.setattr(inference, "available_memory",
+                        lambda device: int(2.2 * 600 * 700 * per_pixel))
+    assert deblur(model, image, tile_context="tile").stats["tiles"] == 1
+    with inference.RUNS_IN_FLIGHT:
+        assert deblur(model, image, tile_context="tile").stats["tiles"] > 1
+    assert inference.RUNS_IN_FLIGHT.count == 0
 
 
 def test_progress_callback_can_interrupt(model):
