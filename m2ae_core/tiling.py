@@ -60,11 +60,12 @@ def untiled_bytes_per_pixel(width: int, dtype: torch.dtype = torch.float32) -> f
 
 
 def available_memory(device: torch.device | str) -> int | None:
-    """Bytes ``device`` can still give (CPU: the kernel's MemAvailable; CUDA: free memory), or
-    None where that is unknown."""
+    """Bytes ``device`` can still give (CPU: the kernel's MemAvailable; CUDA: free memory plus
+    what PyTorch's caching allocator holds unused), or None where that is unknown."""
     device = torch.device(device)
     if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
+        cached_unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(torch.cuda.mem_get_info(device)[0] + cached_unused)
     if device.type == "cpu" and sys.platform.startswith("linux"):
         try:
             with open("/proc/meminfo", encoding="ascii") as meminfo:

@@ -182,6 +182,11 @@ def test_available_memory_reads_the_system(monkeypatch):
                      if line.startswith("MemTotal:"))
         assert 0 < tiling.available_memory("cpu") <= total
     assert tiling.available_memory("meta") is None
+    # CUDA: free memory plus the blocks PyTorch's allocator keeps cached but unused
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (3 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 5 * 2**30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 1 * 2**30)
+    assert tiling.available_memory("cuda:0") == 7 * 2**30
 
 
 def test_deblur_tiles_automatically_when_memory_is_short(model, monkeypatch):
