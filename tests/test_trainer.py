@@ -410,6 +410,24 @@ def test_a_busy_run_folder_is_refused_and_sigterm_stops_with_an_exact_checkpoint
     assert (run / "final.safetensors").is_file()
 
 
+def test_stop_request_first_signal_asks_second_interrupts_workers_ignore(monkeypatch):
+    from m2ae_core.training.stop_request import StopRequest
+
+    before = signal.getsignal(signal.SIGTERM)
+    me = os.getpid()
+    with StopRequest(announce=False) as request:
+        assert not request.requested
+        monkeypatch.setattr(os, "getpid", lambda: me + 1)  # as seen from a forked loader worker
+        os.kill(me, signal.SIGTERM)
+        assert not request.requested
+        monkeypatch.undo()
+        os.kill(me, signal.SIGTERM)
+        assert request.requested and request.signal_name == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
 def test_run_folder_lock_outlives_no_process(tmp_path):
     from m2ae_core.training.run_lock import RunFolderLock
 

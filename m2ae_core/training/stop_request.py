@@ -7,6 +7,7 @@ asks the run to finish its current step, write a checkpoint and export ``latest.
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -25,12 +26,17 @@ class StopRequest:
         self.announce = announce
         self.signal_name: str | None = None
         self._previous: dict[int, object] = {}
+        self._owner_pid = os.getpid()
 
     @property
     def requested(self) -> bool:
         return self.signal_name is not None
 
     def _handle(self, signum: int, frame) -> None:
+        if os.getpid() != self._owner_pid:
+            # A forked data-loader worker inherits the handler; Ctrl-C reaches it too. The
+            # training process decides; the worker keeps serving batches until it is closed.
+            return
         if self.requested:  # the second one: stop now, like an unhandled Ctrl-C
             self._restore()
             raise KeyboardInterrupt
@@ -45,6 +51,7 @@ class StopRequest:
         self._previous = {}
 
     def __enter__(self) -> "StopRequest":
+        self._owner_pid = os.getpid()
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
