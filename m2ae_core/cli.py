@@ -57,6 +57,7 @@ def run_deblur(args: argparse.Namespace) -> int:
 
     from . import imageio
     from .inference import deblur
+    from .photo_metadata import read_metadata
     from .progress import ProgressBar
     from .visualize import trajectory_to_rgb
     from .weights import load_model
@@ -85,7 +86,8 @@ def run_deblur(args: argparse.Namespace) -> int:
                             shake_test=not args.no_shake_test, ensemble=args.ensemble,
                             progress=_step_progress(bar, index, source.name))
             target.parent.mkdir(parents=True, exist_ok=True)
-            imageio.save_image(result.image, target)
+            # the input's colour profile and EXIF: the pixels are still in its colour space
+            imageio.save_image(result.image, target, metadata=read_metadata(source))
             if args.save_mask:
                 imageio.save_image((result.mask * 255).astype(np.uint8), _side_path(target, "mask"))
             if args.save_trajectory and result.trajectory is not None:
@@ -149,7 +151,8 @@ def add_deblur_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders of images")
     parser.add_argument("-o", "--output", required=True,
                         help="output folder (or an output file name for a single input file); "
-                             "results are PNG (16-bit inputs stay 16-bit)")
+                             "results are PNG (16-bit inputs stay 16-bit; the colour profile and EXIF are "
+                             "kept)")
     parser.add_argument("--weights", default=None,
                         help="checkpoint: .safetensors / .pth file, a folder with config.json + "
                              "model.safetensors, or a Hugging Face repo id (default: the bundled model)")

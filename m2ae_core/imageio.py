@@ -39,6 +39,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import png16
 from .errors import ImageInputError
+from .photo_metadata import PhotoMetadata, pillow_options, png_chunks
 
 __all__ = [
     "MAX_PIXELS",
@@ -307,8 +308,10 @@ def _pil_for_format(im: Image.Image, fmt: str, name: str) -> Image.Image:
     return im.convert("RGBA" if "A" in mode else "RGB")
 
 
-def _writer_for(image: Any, fmt: str, name: str) -> Callable[[Any], None]:
-    """Return a function writing ``image`` in ``fmt`` to a binary file object."""
+def _writer_for(image: Any, fmt: str, name: str,
+                metadata: PhotoMetadata | None = None) -> Callable[[Any], None]:
+    """Return a function writing ``image`` in ``fmt`` (with ``metadata`` where the format
+    holds it) to a binary file object."""
     options: dict[str, Any] = {}
     if fmt == "JPEG":
         options = {"quality": 95, "subsampling": 0}
@@ -334,10 +337,12 @@ def _writer_for(image: Any, fmt: str, name: str) -> Callable[[Any], None]:
         grey = arr.ndim == 2 or arr.shape[2] == 1
         if arr.dtype == np.uint16:
             if fmt == "PNG" and not grey:
-                return lambda fh: png16.encode_png(arr, fh)
+                chunks = png_chunks(metadata, arr.shape[2])
+                return lambda fh: png16.encode_png(arr, fh, extra_chunks=chunks)
             if fmt in ("PNG", "TIFF") and grey:
                 im = Image.fromarray(arr.reshape(arr.shape[0], arr.shape[1]))
-                return lambda fh: im.save(fh, format=fmt)
+                kept = pillow_options(metadata, fmt, im)
+                return lambda fh: im.save(fh, format=fmt, **kept)
             warnings.warn(
                 f"'{name}': {fmt} cannot store 16-bit {'greyscale' if grey else 'colour'} here; "
                 "writing 8 bits per channel (use .png to keep 16 bits)"
@@ -354,11 +359,17 @@ def _writer_for(image: Any, fmt: str, name: str) -> Callable[[Any], None]:
     if image.width == 0 or image.height == 0:
         raise ImageInputError(f"cannot write '{name}': image is empty (zero width or height)")
     im = _pil_for_format(image, fmt, name)
+    options.update(pillow_options(metadata, fmt, im))
     return lambda fh: im.save(fh, format=fmt, **options)
 
 
-def save_image(image: Image.Image | np.ndarray, path: str | os.PathLike) -> None:
+def save_image(image: Image.Image | np.ndarray, path: str | os.PathLike,
+               metadata: PhotoMetadata | None = None) -> None:
     """Write ``image`` (PIL image, or numpy uint8/uint16 HW/HWC) to ``path``.
+
+    ``metadata`` (:func:`m2ae_core.photo_metadata.read_metadata` of the input photo): its ICC
+    profile and EXIF go into PNG, JPEG, WEBP and TIFF files (the profile only where its colour
+    space matches the image's channels).
 
     The format follows the extension (see :data:`SAVE_FORMATS`).  uint16
     colour arrays are written as 16-bit PNGs by :mod:`m2ae_core.png16` and
@@ -385,7 +396,7 @@ def save_image(image: Image.Image | np.ndarray, path: str | os.PathLike) -> None
         raise ImageInputError(f"cannot write '{name}': folder '{folder}' does not exist (create it first)")
     if p.is_dir():
         raise ImageInputError(f"cannot write '{name}': it is a folder (pass a file name)")
-    write = _writer_for(image, fmt, name)
+    write = _writer_for(image, fmt, name, metadata)
 
     tmp = folder / f".{p.name}.{secrets.token_hex(4)}.tmp"
     try:

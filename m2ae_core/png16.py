@@ -341,6 +341,7 @@ def encode_png(
     out: BinaryIO,
     compress_level: int = 6,
     filters: int | Sequence[int] | None = None,
+    extra_chunks: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
     """Write ``arr`` as PNG to the binary file object ``out``.
 
@@ -348,6 +349,8 @@ def encode_png(
     2 (grey+alpha), 3 (RGB), 4 (RGBA).  ``filters``: None for per-row
     adaptive filtering (minimum sum of absolute differences), or one filter
     type 0..4 for every row, or one per row (mainly for tests).
+    ``extra_chunks``: (type, body) pairs written before the image data
+    (iCCP, eXIf: :func:`m2ae_core.photo_metadata.png_chunks`).
     """
     if not isinstance(arr, np.ndarray) or arr.dtype not in (np.uint8, np.uint16):
         raise ImageInputError("PNG writer needs a uint8 or uint16 numpy array")
@@ -376,6 +379,8 @@ def encode_png(
     out.write(PNG_SIGNATURE)
     out.write(_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth,
                                           _COLOUR_FOR_CHANNELS[channels], 0, 0, 0)))
+    for ctype, body in extra_chunks:
+        out.write(_chunk(ctype, body))
     comp = zlib.compressobj(compress_level)
     pending = bytearray()
     prev = np.zeros(width * bpp, dtype=np.uint8)

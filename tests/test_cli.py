@@ -124,6 +124,80 @@ def test_sixteen_bit_png_stays_sixteen_bit(tmp_path, weights):
     assert out.dtype in (np.uint16, np.int32) and out.max() > 255
 
 
+def _srgb_profile() -> bytes:
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def test_colour_profile_and_exif_are_kept_and_orientation_reset(tmp_path, weights):
+    profile = _srgb_profile()
+    exif = Image.Exif()
+    exif[0x010F] = "M2AE test camera"  # Make
+    exif[0x0112] = 6  # stored sideways: shown turned a quarter clockwise
+    src = tmp_path / "phone.jpg"
+    rng = np.random.default_rng(2)
+    Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(
+        src, icc_profile=profile, exif=exif)
+    for out in (tmp_path / "o.png", tmp_path / "o.jpg", tmp_path / "o.tif"):
+        assert main(["deblur", str(src), "-o", str(out), "--weights", str(weights)]) == 0
+        with Image.open(out) as restored:
+            assert restored.size == (40, 48)  # upright: the orientation was applied...
+            assert restored.info.get("icc_profile") == profile
+            kept = restored.getexif()
+            assert kept.get(0x010F) == "M2AE test camera"
+            assert kept.get(0x0112, 1) == 1  # ...so the copy must not turn it again
+
+
+def test_sixteen_bit_png_keeps_its_colour_profile(tmp_path, weights):
+    from m2ae_core import png16
+
+    profile = _srgb_profile()
+    arr = np.random.default_rng(3).integers(0, 65535, (20, 30, 3)).astype(np.uint16)
+    src = tmp_path / "deep.png"
+    with open(src, "wb") as fh:
+        png16.encode_png(arr, fh, extra_chunks=[
+            (b"iCCP", b"ICC Profile\x00\x00" + __import__("zlib").compress(profile))])
+    assert Image.open(src).info.get("icc_profile") == profile  # Pillow reads our chunk
+    assert main(["deblur", str(src), "-o", str(tmp_path / "o.png"), "--weights", str(weights)]) == 0
+    from m2ae_core.imageio import read_image
+
+    out = read_image(tmp_path / "o.png")
+    assert out.dtype == np.uint16 and out.shape == (20, 30, 3)
+    assert Image.open(tmp_path / "o.png").info.get("icc_profile") == profile
+
+
+def test_a_profile_of_another_colour_space_is_not_attached(tmp_path):
+    from m2ae_core.imageio import save_image
+    from m2ae_core.photo_metadata import PhotoMetadata, icc_colour_space
+
+    def fake_profile(space: bytes) -> bytes:  # only the header field the check reads
+        return bytes(16) + space + bytes(108)
+
+    assert icc_colour_space(fake_profile(b"CMYK")) == "CMYK"
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    for space, kept in ((b"CMYK", False), (b"GRAY", False), (b"RGB ", True)):
+        path = tmp_path / f"{space.strip().decode()}.png"
+        save_image(rgb, path, metadata=PhotoMetadata(icc_profile=fake_profile(space)))
+        assert ("icc_profile" in Image.open(path).info) is kept
+    grey = tmp_path / "grey.png"
+    save_image(rgb[..., 0], grey, metadata=PhotoMetadata(icc_profile=fake_profile(b"GRAY")))
+    assert Image.open(grey).info.get("icc_profile") == fake_profile(b"GRAY")
+
+
+def test_unreadable_metadata_does_not_stop_a_readable_photo(tmp_path, monkeypatch):
+    from m2ae_core import photo_metadata
+
+    src = write_photo(tmp_path / "in.png")
+
+    def broken(self):
+        raise ValueError("corrupt EXIF")
+
+    monkeypatch.setattr(Image.Image, "getexif", broken)
+    with pytest.warns(UserWarning, match="could not be read"):
+        assert not photo_metadata.read_metadata(src)
+
+
 def test_never_overwrites_inputs_or_existing_outputs(tmp_path, weights, capsys):
     src = write_photo(tmp_path / "x.png")
     before = src.read_bytes()
