@@ -43,6 +43,7 @@ from PIL import Image  # noqa: E402
 from m2ae_core import M2AEError, deblur, load_model  # noqa: E402
 from m2ae_core.errors import ImageInputError  # noqa: E402
 from m2ae_core.imageio import read_image, save_image  # noqa: E402
+from m2ae_core.photo_metadata import read_metadata  # noqa: E402
 from m2ae_core.resources import EXAMPLES_DIR, example_images  # noqa: E402
 from m2ae_core.visualize import mask_overlay, trajectory_to_rgb  # noqa: E402
 
@@ -283,19 +284,23 @@ def make_restore(max_pixels: int):
         stem = _safe_stem(name)
         before = to_display(image)
         after_display = to_display(result.image)
+        # the pictures made of the photo's pixels keep its colour profile and EXIF, so the
+        # browser shows the input and the result in the same colours
+        metadata = read_metadata(path)
         restored_path = folder / f"{stem}_restored.png"
-        save_image(result.image, restored_path)  # full resolution, 16-bit stays 16-bit
+        save_image(result.image, restored_path, metadata)  # full resolution, 16-bit stays 16-bit
         before_path = folder / f"{stem}_input.png"
-        save_image(before, before_path)
+        save_image(before, before_path, metadata)
         after_path = restored_path
         if isinstance(result.image, np.ndarray) or after_display.mode != getattr(
                 result.image, "mode", None):
             after_path = folder / f"{stem}_restored_preview.png"
-            save_image(after_display, after_path)
+            save_image(after_display, after_path, metadata)
         mask_path = folder / f"{stem}_mask.png"
         save_image(result.mask.astype(np.uint8) * 255, mask_path)
         overlay_path = folder / f"{stem}_mask_overlay.png"
-        save_image(mask_overlay(np.asarray(before.convert("RGB")), result.mask), overlay_path)
+        save_image(mask_overlay(np.asarray(before.convert("RGB")), result.mask), overlay_path,
+                   metadata)
         files = [str(restored_path), str(mask_path)]
         trajectory_path = None
         if result.trajectory is not None:

@@ -206,6 +206,19 @@ def test_exif_orientation_is_honoured(client, tmp_path):
     assert np.abs(shown - upright).mean() < 6  # upright, not merely the right size (JPEG loss)
 
 
+def test_colour_profile_reaches_the_comparison_and_the_download(client, tmp_path):
+    from PIL import ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.open(_photo(tmp_path / "p.png", 48, 40)).save(tmp_path / "p3.jpg", icc_profile=profile)
+    (before, after), overlay, *_, files = _restore(client, tmp_path / "p3.jpg")
+    for path in (before, after, overlay, _files_by_suffix(files)["restored"]):
+        with Image.open(path) as im:
+            assert im.info.get("icc_profile") == profile, path
+    with Image.open(_files_by_suffix(files)["mask"]) as im:
+        assert "icc_profile" not in im.info  # a map, not a picture in the photo's colours
+
+
 def test_user_mask_overrides_the_prediction(client, tmp_path):
     photo = _photo(tmp_path / "p.png", 64, 48)
     layer = np.zeros((48, 64, 4), np.uint8)  # a red stroke on a transparent layer
