@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .procfs import kib_field_bytes
+
 # tile=None (automatic) restores the image whole when its estimated peak memory fits in
 # AUTO_MEMORY_SHARE of what the device has available, else in the largest tiles that fit
 # (a multiple of AUTO_TILE_STEP, at least AUTO_TILE_MIN). Tiling costs time: with the
@@ -67,13 +69,7 @@ def available_memory(device: torch.device | str) -> int | None:
         cached_unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return int(torch.cuda.mem_get_info(device)[0] + cached_unused)
     if device.type == "cpu" and sys.platform.startswith("linux"):
-        try:
-            with open("/proc/meminfo", encoding="ascii") as meminfo:
-                for line in meminfo:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-        except (OSError, ValueError, IndexError):
-            return None
+        return kib_field_bytes("/proc/meminfo", "MemAvailable")
     return None
 
 

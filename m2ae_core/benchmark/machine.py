@@ -7,6 +7,8 @@ import resource
 import sys
 import time
 
+from ..procfs import kib_field_bytes
+
 
 def cpu_model() -> str:
     try:
@@ -45,13 +47,9 @@ def peak_rss_bytes() -> int:
     space. ``getrusage(RUSAGE_SELF).ru_maxrss`` is not used there because Linux carries the
     parent's peak over ``fork``/``exec``: a child of a 1 GB parent reports at least 1 GB.
     """
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
+    peak = kib_field_bytes("/proc/self/status", "VmHWM")
+    if peak is not None:
+        return peak
     usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return usage if sys.platform == "darwin" else usage * 1024
 
