@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .errors import M2AEError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".heic", ".heif"}
 
 
 def _fail(message: str) -> int:

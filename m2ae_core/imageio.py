@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from . import png16
+from . import heif, png16
 from .errors import ImageInputError
 from .photo_metadata import PhotoMetadata, pillow_options, png_chunks
 
@@ -178,6 +178,8 @@ def _pil_open(data: bytes, name: str, max_pixels: int) -> Image.Image:
     larger than that, Pillow's guard is lifted for the duration of the header
     parse (process-wide, under a lock) so our limit is the one that applies.
     """
+    if heif.is_heif(data[:12]):
+        heif.enable_heif(name)
     pil_limit = Image.MAX_IMAGE_PIXELS
     lift = pil_limit is not None and max_pixels > 2 * pil_limit
     with warnings.catch_warnings():

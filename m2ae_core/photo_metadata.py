@@ -8,11 +8,13 @@ orientation: ``read_image`` already turned the pixels upright, so it becomes 1.
 from __future__ import annotations
 
 import os
-import zlib
 import warnings
+import zlib
 from dataclasses import dataclass
 
 from PIL import Image
+
+from .heif import enable_heif, is_heif
 
 __all__ = ["PhotoMetadata", "read_metadata", "pillow_options", "png_chunks", "icc_colour_space"]
 
@@ -42,6 +44,9 @@ def read_metadata(path: str | os.PathLike) -> PhotoMetadata:
     """The ICC profile and EXIF of the image file at ``path`` (empty where it has none or they
     cannot be read: metadata never makes a readable photo fail)."""
     try:
+        with open(path, "rb") as head:
+            if is_heif(head.read(12)):
+                enable_heif(str(path))
         with Image.open(path) as im:
             icc = im.info.get("icc_profile") or None
             exif = im.getexif()

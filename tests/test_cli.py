@@ -198,6 +198,32 @@ def test_unreadable_metadata_does_not_stop_a_readable_photo(tmp_path, monkeypatc
         assert not photo_metadata.read_metadata(src)
 
 
+def test_heic_photos_from_a_phone_folder(tmp_path, weights):
+    pillow_heif = pytest.importorskip("pillow_heif")  # in the test extra; CI has it
+    pillow_heif.register_heif_opener()
+    profile = _srgb_profile()
+    photos = tmp_path / "phone"
+    photos.mkdir()
+    rng = np.random.default_rng(4)
+    Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(
+        photos / "IMG_0001.HEIC", quality=95, icc_profile=profile)
+    assert main(["deblur", str(photos), "-o", str(tmp_path / "out"), "--weights", str(weights)]) == 0
+    with Image.open(tmp_path / "out" / "IMG_0001.png") as restored:
+        assert restored.size == (48, 40) and restored.info.get("icc_profile") == profile
+
+
+def test_heic_without_the_plugin_says_what_to_install(tmp_path, monkeypatch):
+    from m2ae_core.errors import ImageInputError
+    from m2ae_core.imageio import read_image
+
+    pillow_heif = pytest.importorskip("pillow_heif")
+    path = tmp_path / "photo.heic"
+    pillow_heif.from_bytes(mode="RGB", size=(16, 8), data=bytes(16 * 8 * 3)).save(path)
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # as if not installed
+    with pytest.raises(ImageInputError, match="HEIF/HEIC photo.*pip install pillow-heif"):
+        read_image(path)
+
+
 def test_never_overwrites_inputs_or_existing_outputs(tmp_path, weights, capsys):
     src = write_photo(tmp_path / "x.png")
     before = src.read_bytes()
