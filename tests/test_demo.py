@@ -422,3 +422,5 @@ def test_space_front_matter_and_requirements():
     # a Space installs requirements.txt before the repository is copied in: no local paths
     assert not any(line in (".", "..") or line.startswith(("-e", "./", "../")) for line in lines)
     assert any(line.startswith("m2ae") and "git+https://" in line for line in lines)
+    # phone uploads (HEIC) need the plugin in the Space too
+    assert any(line.startswith("m2ae[") and "heif" in line.split("]")[0] for line in lines)
