@@ -219,6 +219,16 @@ def test_colour_profile_reaches_the_comparison_and_the_download(client, tmp_path
         assert "icc_profile" not in im.info  # a map, not a picture in the photo's colours
 
 
+def test_heic_upload_is_restored(client, tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif")  # in the test extra; CI has it
+    pillow_heif.register_heif_opener()
+    Image.open(_photo(tmp_path / "p.png", 48, 40)).save(tmp_path / "IMG_0002.heic", quality=95)
+    (before, after), *_, files = _restore(client, tmp_path / "IMG_0002.heic")
+    for path in (before, after, _files_by_suffix(files)["restored"]):
+        with Image.open(path) as im:
+            assert (im.format, im.size) == ("PNG", (48, 40))
+
+
 def test_user_mask_overrides_the_prediction(client, tmp_path):
     photo = _photo(tmp_path / "p.png", 64, 48)
     layer = np.zeros((48, 64, 4), np.uint8)  # a red stroke on a transparent layer
