@@ -23,7 +23,8 @@ from comfy_api.latest import ComfyExtension, io
 from m2ae_core import DeblurResult, M2AEError, analyze, deblur
 from m2ae_core.inference import TILE_CONTEXTS
 from m2ae_core.self_ensemble import ENSEMBLE_SIZES
-from m2ae_core.tiling import MIN_TILE, resolve_tile_size
+from m2ae_core.tiling import (AUTO_MEMORY_SHARE, MIN_TILE, resolve_tile_size,
+                              untiled_bytes_per_pixel)
 from m2ae_core.visualize import trajectory_to_rgb
 
 from . import models
@@ -129,17 +130,24 @@ def _split_mask(mask, batch: int) -> list | None:
     return [mask[i] for i in range(batch)]
 
 
+def room_to_make(m: M2AEModel, image: torch.Tensor, tile: int | None) -> int:
+    """Bytes of GPU memory to ask ComfyUI for before a run, planned as deblur's automatic
+    tiling will decide once they are free: the run as if the whole device could be freed
+    (whole image, or the tiles that would then fit), twice over, since deblur keeps its
+    estimate within half of the free memory."""
+    height, width = image.shape[1], image.shape[2]
+    per_pixel = untiled_bytes_per_pixel(m.network.config.width, m.dtype)
+    side = resolve_tile_size(tile, height, width, bytes_per_pixel=per_pixel,
+                             available=model_management.get_total_memory(m.device))
+    pixels = min(height * width, side * side) if side else height * width
+    return model_management.module_size(m.network) + int(pixels * per_pixel / AUTO_MEMORY_SHARE)
+
+
 def _make_room(m: M2AEModel, image: torch.Tensor, tile: int | None) -> None:
     """Ask ComfyUI to unload other models if the run needs the GPU memory they take."""
     if m.device.type == "cpu":
         return
-    height, width = image.shape[1], image.shape[2]
-    side = resolve_tile_size(tile, height, width)
-    pixels = min(height * width, side * side) if side else height * width
-    # peak activations: about 24 feature maps of the first stage's width per pixel
-    per_pixel = m.network.config.width * 24 * torch.finfo(m.dtype).bits // 8
-    required = model_management.module_size(m.network) + pixels * per_pixel
-    model_management.free_memory(required, m.device)
+    model_management.free_memory(room_to_make(m, image, tile), m.device)
 
 
 def run_deblur(m: M2AEModel, image: torch.Tensor, *, mask=None, threshold: float = 0.5,

@@ -95,6 +95,28 @@ else:
         """m2ae_core.deblur on one BHWC item, the reference for the nodes."""
         return deblur(model.network, image, **kwargs)
 
+    def test_gpu_room_is_planned_as_automatic_tiling_will_decide(tiny, monkeypatch):
+        from m2ae_core.tiling import untiled_bytes_per_pixel
+        from m2ae_nodes import nodes
+
+        per_pixel = untiled_bytes_per_pixel(tiny.network.config.width, tiny.dtype)
+        weights = model_management.module_size(tiny.network)
+        image = photo(1, 3000, 4000)
+        # 24 GB device: 12 MP fits whole in half of it, so ask for twice the whole estimate
+        monkeypatch.setattr(model_management, "get_total_memory", lambda device: 24 * 10**9)
+        assert nodes.room_to_make(tiny, image, None) == weights + int(2 * 12e6 * per_pixel)
+        # 2 GB device: tiles of the largest side that fits in 1 GB
+        monkeypatch.setattr(model_management, "get_total_memory", lambda device: 2 * 10**9)
+        side = int((10**9 / per_pixel) ** 0.5) // 256 * 256
+        assert nodes.room_to_make(tiny, image, None) == weights + int(2 * side**2 * per_pixel)
+        # an explicit tile size is what runs
+        assert nodes.room_to_make(tiny, image, 512) == weights + int(2 * 512**2 * per_pixel)
+        # deblur then finds that much free and makes the same choice
+        from m2ae_core.tiling import resolve_tile_size
+
+        assert resolve_tile_size(None, 3000, 4000, bytes_per_pixel=per_pixel,
+                                 available=int(2 * side**2 * per_pixel)) == side
+
     # ------------------------------------------------------------------ schema and entry point
 
     def test_schemas_are_v3_with_descriptions_and_tooltips():
