@@ -162,7 +162,9 @@ def add_deblur_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=0.5,
                         help="blur probability above which a pixel is restored (default 0.5)")
     parser.add_argument("--tile", type=int, default=None,
-                        help="tile side in pixels for big images; 0 = never tile; default: automatic")
+                        help="tile side in pixels for big images; 0 = never tile; default: "
+                             "automatic (whole when it fits in half the free memory, else the "
+                             "largest tiles that do)")
     from .inference import TILE_CONTEXTS
 
     parser.add_argument("--tile-context", choices=TILE_CONTEXTS, default="image",
