@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from . import heif, png16
+from . import heif, png16, tiff16
 from .errors import ImageInputError
 from .photo_metadata import PhotoMetadata, pillow_options, png_chunks
 
@@ -228,9 +228,10 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
     """Read an image file, fully decoded and upright (EXIF orientation applied).
 
     Returns a ``PIL.Image.Image`` in the file's own mode, except for 16-bit
-    colour PNGs (RGB, RGBA, grey+alpha): a PIL image cannot hold those
-    without losing precision, so they are returned as a numpy uint16 array of
-    shape (H, W, 3), (H, W, 4) or (H, W, 2).  16-bit greyscale PNGs are PIL
+    colour PNGs (RGB, RGBA, grey+alpha) and, with the optional tifffile
+    package, 16-bit colour TIFFs: a PIL image cannot hold those without losing
+    precision, so they are returned as a numpy uint16 array of shape
+    (H, W, 3), (H, W, 4) or (H, W, 2).  16-bit greyscale PNGs are PIL
     mode ``I;16``.  Multi-frame files (GIF, TIFF) give their first frame.
 
     The size from the file header is checked against ``max_pixels`` before
@@ -246,6 +247,10 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
         if header.bit_depth == 16 and header.colour_type in (2, 4, 6):
             return png16.decode_png(data, name)
     im = _pil_open(data, name, max_pixels)
+    if tiff16.is_16bit_colour(im):  # Pillow would quietly decode it at 8 bits
+        deep = tiff16.read_16bit(data, im, name)
+        if deep is not None:
+            return deep
     try:
         im.load()
     except MemoryError:

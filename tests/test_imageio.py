@@ -698,3 +698,50 @@ def test_mask_rejects_bad_input(bad, match):
 def test_mask_size_arguments_validated():
     with pytest.raises(ImageInputError, match="height"):
         mask_to_tensor(np.ones((2, 2)), 0, 4)
+
+
+# --------------------------------------------------------------------------- 16-bit TIFF
+
+def _tiff16(path, arr, **kwargs):
+    tifffile = pytest.importorskip("tifffile")  # in the test extra; CI has it
+    tifffile.imwrite(path, arr, photometric="rgb", **kwargs)
+    return path
+
+
+@pytest.mark.parametrize("planar", [False, True])
+def test_16bit_colour_tiff_keeps_all_16_bits(tmp_path, planar):
+    arr = np.random.default_rng(7).integers(0, 65536, (20, 30, 3)).astype(np.uint16)
+    if planar:
+        path = _tiff16(tmp_path / "p.tif", np.moveaxis(arr, -1, 0), planarconfig="separate",
+                       compression="zlib")
+    else:
+        path = _tiff16(tmp_path / "c.tif", arr)
+    assert Image.open(path).mode == "RGB"  # what Pillow alone would give: 8 bits
+    out = read_image(path)
+    assert isinstance(out, np.ndarray) and out.dtype == np.uint16
+    assert np.array_equal(out, arr)
+
+
+def test_16bit_tiff_orientation_and_the_cli_writes_16_bits(tmp_path):
+    from m2ae_core import build_model, save_weights
+    from m2ae_core.cli import main
+
+    arr = np.random.default_rng(8).integers(0, 65536, (20, 30, 3)).astype(np.uint16)
+    path = _tiff16(tmp_path / "o.tif", arr, extratags=[(274, "H", 1, 6, True)])  # rotate 90
+    assert np.array_equal(read_image(path), png16.apply_orientation(arr, 6))
+    weights = tmp_path / "w.safetensors"
+    save_weights(build_model("small", width=8), weights)
+    assert main(["deblur", str(path), "-o", str(tmp_path / "r.png"), "--weights", str(weights)]) == 0
+    restored = read_image(tmp_path / "r.png")
+    assert restored.dtype == np.uint16 and restored.shape == (30, 20, 3)
+
+
+def test_16bit_tiff_without_tifffile_warns_and_reads_8_bits(tmp_path, monkeypatch):
+    import sys
+
+    arr = np.random.default_rng(9).integers(0, 65536, (20, 30, 3)).astype(np.uint16)
+    path = _tiff16(tmp_path / "n.tif", arr)
+    monkeypatch.setitem(sys.modules, "tifffile", None)
+    with pytest.warns(UserWarning, match="16-bit colour TIFF; reading it at 8 bits.*tifffile"):
+        out = read_image(path)
+    assert np.asarray(out).dtype == np.uint8 and np.asarray(out).shape == (20, 30, 3)
