@@ -18,6 +18,7 @@ from .png16 import apply_orientation
 BITS_PER_SAMPLE = 258
 SAMPLES_PER_PIXEL = 277
 ORIENTATION = 274
+PLANAR_CONFIGURATION = 284
 INSTALL_HINT = "pip install tifffile imagecodecs (or the 'tiff' extra)"
 
 
@@ -47,8 +48,8 @@ def read_16bit(data: bytes, im: Image.Image, name: str) -> np.ndarray | None:
                       f"it at 8 bits. For all 16 bits: {INSTALL_HINT}")
         return None
     samples = int(im.tag_v2.get(SAMPLES_PER_PIXEL, 1))
-    if arr.ndim == 3 and arr.shape[0] == samples and arr.shape[-1] != samples:
-        arr = np.moveaxis(arr, 0, -1)  # planar configuration: one plane per sample
+    if int(im.tag_v2.get(PLANAR_CONFIGURATION, 1)) == 2 and arr.ndim == 3:
+        arr = np.moveaxis(arr, 0, -1)  # stored one plane per sample
     if arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[-1] != samples:
         warnings.warn(f"'{name}': unexpected 16-bit TIFF layout {arr.dtype} {arr.shape}; "
                       "reading it at 8 bits")
