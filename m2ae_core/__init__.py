@@ -22,7 +22,14 @@ __all__ = ["PRESETS", "M2AEConfig", "get_config", "M2AENet", "NetworkOutput", "b
 def __getattr__(name: str):
     module = _LAZY.get(name)
     if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        # a submodule, as `import m2ae_core; m2ae_core.imageio` found it when this file
+        # imported everything eagerly
+        try:
+            return import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
     value = getattr(import_module(module, __name__), name)
     globals()[name] = value  # later look-ups skip this function
     return value

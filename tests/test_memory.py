@@ -143,3 +143,21 @@ def test_the_command_restarts_before_it_imports_torch(tmp_path):
                           env=env, timeout=120)
     assert done.stdout.strip() == \
         "torch loaded before restart: False ['deblur', 'in.png', '-o', 'out.png']", done.stderr
+
+
+def test_the_lazy_package_still_offers_its_names_and_submodules():
+    """`import m2ae_core` no longer imports torch; everything it used to offer still loads."""
+    code = (
+        "import sys, m2ae_core\n"
+        "assert 'torch' not in sys.modules\n"
+        "from m2ae_core import load_model, deblur, analyze, build_model, PRESETS, M2AEError\n"
+        "assert callable(m2ae_core.imageio.read_image) and m2ae_core.tiling.MIN_TILE\n"
+        "assert set(m2ae_core.__all__) <= set(dir(m2ae_core))\n"
+        "try:\n"
+        "    m2ae_core.no_such_name\n"
+        "except AttributeError as exc:\n"
+        "    print('ok', exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok module 'm2ae_core' has no attribute 'no_such_name'"
