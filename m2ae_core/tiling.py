@@ -73,6 +73,17 @@ def available_memory(device: torch.device | str) -> int | None:
     return None
 
 
+def memory_to_free(tile: int | None, height: int, width: int, bytes_per_pixel: float,
+                   device_total: int) -> int:
+    """Bytes to free on a device of ``device_total`` bytes before a run (a host that can
+    unload other models, like ComfyUI) so that automatic tiling, finding them free, makes the
+    choice it would make with the whole device: the run's estimate, over AUTO_MEMORY_SHARE."""
+    side = resolve_tile_size(tile, height, width, bytes_per_pixel=bytes_per_pixel,
+                             available=device_total)
+    pixels = min(height * width, side * side) if side else height * width
+    return int(pixels * bytes_per_pixel / AUTO_MEMORY_SHARE)
+
+
 def resolve_tile_size(tile: int | None, height: int, width: int, *,
                       bytes_per_pixel: float | None = None, available: int | None = None) -> int:
     """The tile side to run with; ``0`` means untiled.

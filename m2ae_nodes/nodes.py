@@ -23,8 +23,7 @@ from comfy_api.latest import ComfyExtension, io
 from m2ae_core import DeblurResult, M2AEError, analyze, deblur
 from m2ae_core.inference import TILE_CONTEXTS
 from m2ae_core.self_ensemble import ENSEMBLE_SIZES
-from m2ae_core.tiling import (AUTO_MEMORY_SHARE, MIN_TILE, resolve_tile_size,
-                              untiled_bytes_per_pixel)
+from m2ae_core.tiling import MIN_TILE, memory_to_free, untiled_bytes_per_pixel
 from m2ae_core.visualize import trajectory_to_rgb
 
 from . import models
@@ -131,16 +130,12 @@ def _split_mask(mask, batch: int) -> list | None:
 
 
 def room_to_make(m: M2AEModel, image: torch.Tensor, tile: int | None) -> int:
-    """Bytes of GPU memory to ask ComfyUI for before a run, planned as deblur's automatic
-    tiling will decide once they are free: the run as if the whole device could be freed
-    (whole image, or the tiles that would then fit), twice over, since deblur keeps its
-    estimate within half of the free memory."""
-    height, width = image.shape[1], image.shape[2]
+    """Bytes of GPU memory to ask ComfyUI for before a run: the weights plus what deblur's
+    automatic tiling needs free to choose as it would on the whole device."""
     per_pixel = untiled_bytes_per_pixel(m.network.config.width, m.dtype)
-    side = resolve_tile_size(tile, height, width, bytes_per_pixel=per_pixel,
-                             available=model_management.get_total_memory(m.device))
-    pixels = min(height * width, side * side) if side else height * width
-    return model_management.module_size(m.network) + int(pixels * per_pixel / AUTO_MEMORY_SHARE)
+    return model_management.module_size(m.network) + memory_to_free(
+        tile, image.shape[1], image.shape[2], per_pixel,
+        model_management.get_total_memory(m.device))
 
 
 def _make_room(m: M2AEModel, image: torch.Tensor, tile: int | None) -> None:

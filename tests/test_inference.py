@@ -172,6 +172,19 @@ def test_automatic_tiling_follows_the_available_memory():
     assert untiled_bytes_per_pixel(16, torch.float16) == PEAK_MAPS * 16 * 2
 
 
+def test_memory_to_free_lets_automatic_tiling_choose_as_on_the_whole_device():
+    from m2ae_core.tiling import memory_to_free
+
+    # 24 GB device: 12 MP at 400 B/px fits whole in half of it -> twice the whole estimate
+    assert memory_to_free(None, 3000, 4000, 400, 24 * 10**9) == 2 * 12 * 10**6 * 400
+    # 2 GB device: the tiles that fit in 1 GB (1536 px); that much free gives those tiles
+    needed = memory_to_free(None, 3000, 4000, 400, 2 * 10**9)
+    assert needed == 2 * 1536**2 * 400
+    assert resolve_tile_size(None, 3000, 4000, bytes_per_pixel=400, available=needed) == 1536
+    # an explicit tile is what runs
+    assert memory_to_free(512, 3000, 4000, 400, 2 * 10**9) == 2 * 512**2 * 400
+
+
 def test_available_memory_reads_the_system(monkeypatch):
     import sys
 
