@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from .errors import M2AEError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".heic", ".heif"}
+# --format choices -> output suffix, and the -o suffixes that mean the same format
+OUTPUT_FORMATS = {"png": ".png", "jpg": ".jpg", "tif": ".tif", "webp": ".webp"}
+_SAME_FORMAT = {".png": {".png"}, ".jpg": {".jpg", ".jpeg"}, ".tif": {".tif", ".tiff"},
+                ".webp": {".webp"}}
 
 
 def _fail(message: str) -> int:
@@ -33,12 +36,17 @@ def collect_inputs(paths: list[str]) -> list[Path]:
     return found
 
 
-def plan_outputs(inputs: list[Path], out: Path, single_input_file: bool) -> list[Path]:
-    """Output file per input: OUT itself for one file with an image suffix, else OUT/<stem>.png."""
+def plan_outputs(inputs: list[Path], out: Path, single_input_file: bool,
+                 suffix: str | None = None) -> list[Path]:
+    """Output file per input: OUT itself for one file with an image suffix, else
+    OUT/<stem><suffix> (``suffix`` defaults to .png)."""
     if single_input_file and out.suffix.lower() in IMAGE_SUFFIXES:
+        if suffix is not None and out.suffix.lower() not in _SAME_FORMAT[suffix]:
+            raise M2AEError(f"-o '{out}' names a {out.suffix} file but --format asks for "
+                            f"{suffix}; give one of them")
         targets = [out]
     else:
-        targets = [out / f"{p.stem}.png" for p in inputs]
+        targets = [out / f"{p.stem}{suffix or '.png'}" for p in inputs]
         if len({t.name for t in targets}) != len(targets):
             raise M2AEError("two inputs share a file name stem; deblur them into separate folders")
     resolved_inputs = {p.resolve() for p in inputs}
@@ -46,6 +54,21 @@ def plan_outputs(inputs: list[Path], out: Path, single_input_file: bool) -> list
         if target.resolve() in resolved_inputs:
             raise M2AEError(f"output '{target}' would overwrite an input; choose another -o")
     return targets
+
+
+def pending_work(inputs: list[Path], targets: list[Path], overwrite: bool,
+                 skip_existing: bool) -> list[tuple[Path, Path]]:
+    """The (input, output) pairs to run. An existing output stops the run unless it is to be
+    replaced (``overwrite``) or kept (``skip_existing``: it is complete, since outputs are
+    written atomically, so a run that was interrupted continues where it stopped)."""
+    if overwrite:
+        return list(zip(inputs, targets))
+    existing = [t for t in targets if t.exists()]
+    if existing and not skip_existing:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise M2AEError(f"'{existing[0]}' exists{more}; pass --overwrite to replace, or "
+                        "--skip-existing to keep existing results and restore the rest")
+    return [(i, t) for i, t in zip(inputs, targets) if not t.exists()]
 
 
 def _side_path(target: Path, kind: str) -> Path:
@@ -65,18 +88,21 @@ def run_deblur(args: argparse.Namespace) -> int:
     try:
         inputs = collect_inputs(args.inputs)
         single = len(inputs) == 1 and not Path(args.inputs[0]).is_dir()
-        targets = plan_outputs(inputs, Path(args.output), single)
-        if not args.overwrite:
-            for target in targets:
-                if target.exists():
-                    raise M2AEError(f"'{target}' exists; pass --overwrite to replace it")
+        suffix = OUTPUT_FORMATS[args.format] if args.format else None
+        targets = plan_outputs(inputs, Path(args.output), single, suffix)
+        work = pending_work(inputs, targets, args.overwrite, args.skip_existing)
+        if len(work) < len(inputs):
+            print(f"m2ae: {len(inputs) - len(work)} of {len(inputs)} outputs exist already; "
+                  "keeping them (--skip-existing)", file=sys.stderr)
+        if not work:
+            return 0
         model = load_model(args.weights, device=args.device, dtype=args.dtype)
     except (M2AEError, ValueError, OSError) as exc:
         return _fail(str(exc))
 
-    bar = ProgressBar(len(inputs), "deblur")
+    bar = ProgressBar(len(work), "deblur")
     failures = 0
-    for index, (source, target) in enumerate(zip(inputs, targets)):
+    for index, (source, target) in enumerate(work):
         try:
             image = imageio.read_image(source)
             mask = _mask_for(args.mask, source)
@@ -105,7 +131,8 @@ def run_deblur(args: argparse.Namespace) -> int:
                 print(note)
         except KeyboardInterrupt:
             bar.close()
-            print(f"m2ae: interrupted at '{source}'; files already written are complete",
+            print(f"m2ae: interrupted at '{source}'; files already written are complete "
+                  "(run the same command with --skip-existing to restore the rest)",
                   file=sys.stderr)
             return 130
         except (M2AEError, ValueError, OSError) as exc:
@@ -115,7 +142,7 @@ def run_deblur(args: argparse.Namespace) -> int:
         bar.update(index + 1, source.name)
     bar.close()
     if failures:
-        print(f"m2ae: {failures} of {len(inputs)} inputs failed", file=sys.stderr)
+        print(f"m2ae: {failures} of {len(work)} inputs failed", file=sys.stderr)
         return 1
     return 0
 
@@ -151,8 +178,13 @@ def add_deblur_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders of images")
     parser.add_argument("-o", "--output", required=True,
                         help="output folder (or an output file name for a single input file); "
-                             "results are PNG (16-bit inputs stay 16-bit; the colour profile and EXIF are "
-                             "kept)")
+                             "results are <name>.png unless --format says otherwise (16-bit "
+                             "inputs stay 16-bit in PNG and TIFF; the colour profile and EXIF "
+                             "are kept)")
+    parser.add_argument("--format", choices=sorted(OUTPUT_FORMATS), default=None,
+                        help="file type of the results written into the output folder "
+                             "(default png; jpg is written at quality 95 without chroma "
+                             "subsampling; mask and trajectory pictures stay PNG)")
     parser.add_argument("--weights", default=None,
                         help="checkpoint: .safetensors / .pth file, a folder with config.json + "
                              "model.safetensors, or a Hugging Face repo id (default: the bundled model)")
@@ -191,8 +223,13 @@ def add_deblur_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-trajectory", action="store_true",
                         help="also write <name>_trajectory.png, a colour-wheel picture of the motion "
                              "(hue = direction, saturation = speed)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace existing output files (inputs are never overwritten)")
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true",
+                          help="replace existing output files (inputs are never overwritten)")
+    existing.add_argument("--skip-existing", action="store_true",
+                          help="keep existing output files and restore only the inputs without "
+                               "one (continues an interrupted folder run: outputs are written "
+                               "whole or not at all)")
     parser.set_defaults(handler=run_deblur)
 
 

@@ -264,7 +264,8 @@ def test_console_script_help_documents_every_option():
                          capture_output=True, text=True, check=True).stdout
     for option in ("--save-mask", "--save-trajectory", "--mask", "--threshold", "--tile",
                    "--tile-context",
-                   "--device", "--weights", "--preserve-sharp", "--overwrite"):
+                   "--device", "--weights", "--preserve-sharp", "--overwrite",
+                   "--skip-existing", "--format"):
         assert option in out
 
 
@@ -296,3 +297,76 @@ def test_console_run_restarts_itself_with_huge_pages_and_works(tmp_path, weights
     assert "processed" in done.stdout
     expected = ["-", memory.HUGE_PAGES] if memory._glibc() else ["-"]
     assert seen.read_text().split() == expected  # started once plain, restarted once with it
+
+
+def test_skip_existing_continues_an_interrupted_folder_run(tmp_path, weights, capsys, monkeypatch):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        write_photo(folder / f"{name}.png")
+    out = tmp_path / "out"
+    args = ["deblur", str(folder), "-o", str(out), "--weights", str(weights)]
+
+    import m2ae_core.inference as inference
+    real_deblur = inference.deblur
+    calls = []
+
+    def deblur_then_ctrl_c(*a, **k):  # the user presses Ctrl-C during the second photo
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_deblur(*a, **k)
+
+    monkeypatch.setattr(inference, "deblur", deblur_then_ctrl_c)
+    assert main(args) == 130
+    assert "--skip-existing" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["a.png"]
+    first = (out / "a.png").read_bytes()
+    monkeypatch.setattr(inference, "deblur", real_deblur)
+
+    assert main(args) == 2  # a plain rerun refuses, naming both ways on
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "--skip-existing" in err
+
+    calls.clear()
+    monkeypatch.setattr(inference, "deblur", lambda *a, **k: calls.append(1) or real_deblur(*a, **k))
+    assert main(args + ["--skip-existing"]) == 0
+    assert len(calls) == 2  # b and c only
+    assert "1 of 3 outputs exist already" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png"]
+    assert (out / "a.png").read_bytes() == first
+
+    calls.clear()
+    assert main(args + ["--skip-existing"]) == 0  # nothing left: no model is even loaded
+    assert calls == []
+    with pytest.raises(SystemExit):
+        main(args + ["--skip-existing", "--overwrite"])
+    assert "not allowed with" in capsys.readouterr().err
+
+
+def test_output_format_for_a_folder_of_camera_jpegs(tmp_path, weights):
+    folder = tmp_path / "camera"
+    folder.mkdir()
+    arr = np.random.default_rng(1).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"  # Make
+    Image.fromarray(arr).save(folder / "IMG_1.jpg", exif=exif.tobytes())
+    out = tmp_path / "out"
+    assert main(["deblur", str(folder), "-o", str(out), "--weights", str(weights),
+                 "--format", "jpg", "--save-mask"]) == 0
+    result = Image.open(out / "IMG_1.jpg")
+    assert result.format == "JPEG" and result.size == (48, 40)
+    assert result.getexif().get(0x010F) == "TestCam"
+    assert Image.open(out / "IMG_1_mask.png").format == "PNG"
+    assert not (out / "IMG_1.png").exists()
+
+
+def test_format_that_contradicts_the_output_file_name_is_refused(tmp_path, weights, capsys):
+    src = write_photo(tmp_path / "p.png")
+    assert main(["deblur", str(src), "-o", str(tmp_path / "r.png"), "--weights", str(weights),
+                 "--format", "jpg"]) == 2
+    assert "--format" in capsys.readouterr().err
+    assert not (tmp_path / "r.png").exists()
+    assert main(["deblur", str(src), "-o", str(tmp_path / "r.jpeg"), "--weights", str(weights),
+                 "--format", "jpg"]) == 0
+    assert Image.open(tmp_path / "r.jpeg").format == "JPEG"
