@@ -104,8 +104,8 @@ def run_deblur(args: argparse.Namespace) -> int:
     failures = 0
     for index, (source, target) in enumerate(work):
         try:
-            image = imageio.read_image(source)
-            mask = _mask_for(args.mask, source)
+            image = imageio.read_image(source, max_pixels=args.max_pixels)
+            mask = _mask_for(args.mask, source, args.max_pixels)
             result = deblur(model, image, mask=mask, threshold=args.threshold,
                             preserve_sharp=args.preserve_sharp, tile=args.tile,
                             tile_context=args.tile_context, pruned=not args.dense,
@@ -158,7 +158,7 @@ def _step_progress(bar, index: int, name: str):
     return report
 
 
-def _mask_for(mask_arg: str | None, source: Path):
+def _mask_for(mask_arg: str | None, source: Path, max_pixels: int):
     """--mask FILE applies to every input; --mask DIR looks for DIR/<stem>.<image suffix>."""
     if mask_arg is None:
         return None
@@ -169,9 +169,20 @@ def _mask_for(mask_arg: str | None, source: Path):
         for suffix in sorted(IMAGE_SUFFIXES):
             candidate = path / f"{source.stem}{suffix}"
             if candidate.exists():
-                return imageio.read_image(candidate)
+                return imageio.read_image(candidate, max_pixels=max_pixels)
         raise M2AEError(f"no mask named '{source.stem}.*' in '{path}'")
-    return imageio.read_image(path)
+    return imageio.read_image(path, max_pixels=max_pixels)
+
+
+def _pixel_count(text: str) -> int:
+    """--max-pixels: a positive whole number of pixels, also written as 150e6 or 150_000_000."""
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        value = float("nan")
+    if not (value >= 1 and value.is_integer()):
+        raise argparse.ArgumentTypeError(f"expected a positive number of pixels, got '{text}'")
+    return int(value)
 
 
 def add_deblur_arguments(parser: argparse.ArgumentParser) -> None:
@@ -191,6 +202,12 @@ def add_deblur_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mask", default=None,
                         help="user blur mask (white = blurred) replacing the prediction: one image "
                              "for all inputs, or a folder with one mask per input stem")
+    from .image_files import MAX_PIXELS
+
+    parser.add_argument("--max-pixels", type=_pixel_count, default=MAX_PIXELS,
+                        help=f"largest image accepted, width x height (default {MAX_PIXELS:,}); "
+                             "raise it for bigger photos you trust, e.g. 150e6 (automatic "
+                             "tiling keeps them within the free memory)")
     parser.add_argument("--threshold", type=float, default=0.5,
                         help="blur probability above which a pixel is restored (default 0.5)")
     parser.add_argument("--tile", type=int, default=None,

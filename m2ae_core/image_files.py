@@ -25,6 +25,8 @@ __all__ = ["MAX_PIXELS", "SAVE_FORMATS", "read_image", "save_image", "file_image
 #: is read from the file header and checked before any pixel is decoded, so a
 #: small file claiming a huge size (a "decompression bomb") costs nothing.
 MAX_PIXELS: int = 100_000_000
+RAISE_THE_LIMIT = ("(downscale it first, or raise the limit if you trust the file: "
+                   "m2ae deblur --max-pixels N, read_image(..., max_pixels=N))")
 
 #: File extensions ``save_image`` understands, and the format each one writes.
 SAVE_FORMATS: dict[str, str] = {
@@ -80,7 +82,7 @@ def _check_size(width: int, height: int, max_pixels: int, name: str) -> None:
     if width * height > max_pixels:
         raise ImageInputError(
             f"cannot read '{name}': image is {width}x{height} = {width * height:,} pixels, more than "
-            f"the limit of {max_pixels:,} pixels (downscale it first, or raise max_pixels if you trust the file)"
+            f"the limit of {max_pixels:,} pixels {RAISE_THE_LIMIT}"
         )
 
 
@@ -119,7 +121,7 @@ def _pil_open(data: bytes, name: str, max_pixels: int) -> Image.Image:
             size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
             raise ImageInputError(
                 f"cannot read '{name}': image has {size}, more than the limit of {max_pixels:,} "
-                "pixels (downscale it first, or raise max_pixels if you trust the file)"
+                f"pixels {RAISE_THE_LIMIT}"
             ) from None
         except UnidentifiedImageError:
             raise ImageInputError(

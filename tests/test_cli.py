@@ -265,7 +265,7 @@ def test_console_script_help_documents_every_option():
     for option in ("--save-mask", "--save-trajectory", "--mask", "--threshold", "--tile",
                    "--tile-context",
                    "--device", "--weights", "--preserve-sharp", "--overwrite",
-                   "--skip-existing", "--format"):
+                   "--skip-existing", "--format", "--max-pixels"):
         assert option in out
 
 
@@ -370,3 +370,18 @@ def test_format_that_contradicts_the_output_file_name_is_refused(tmp_path, weigh
     assert main(["deblur", str(src), "-o", str(tmp_path / "r.jpeg"), "--weights", str(weights),
                  "--format", "jpg"]) == 0
     assert Image.open(tmp_path / "r.jpeg").format == "JPEG"
+
+
+def test_max_pixels_limit_is_named_and_can_be_raised(tmp_path, weights, capsys):
+    src = write_photo(tmp_path / "p.png", size=(48, 40))  # 1,920 pixels
+    out = tmp_path / "r.png"
+    args = ["deblur", str(src), "-o", str(out), "--weights", str(weights)]
+    assert main(args + ["--max-pixels", "1000"]) == 1
+    err = capsys.readouterr().err
+    assert "1,920 pixels" in err and "--max-pixels" in err and "Traceback" not in err
+    assert not out.exists()
+    assert main(args + ["--max-pixels", "2e3"]) == 0
+    assert Image.open(out).size == (48, 40)
+    with pytest.raises(SystemExit):
+        main(args + ["--max-pixels", "-5", "--overwrite"])
+    assert "positive number of pixels" in capsys.readouterr().err
