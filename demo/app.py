@@ -13,6 +13,8 @@ Configuration (command-line options win over environment variables):
     M2AE_MODEL              weights: .safetensors / .pth file, a folder, or a Hub repo id
                             "owner/name" (default: the model bundled with the package)
     M2AE_DEVICE             cpu, cuda, cuda:1 ... (default: cuda when available, else cpu)
+    M2AE_DTYPE              auto, fp32, bf16, fp16 (default auto: bf16 on a CPU that computes
+                            it natively, AVX512-BF16 or AMX; fp32 elsewhere)
     M2AE_DEMO_MAX_PIXELS    largest accepted image, width * height (default 16,000,000)
     M2AE_DEMO_CONCURRENCY   restorations run at the same time; the rest wait in the queue (1)
 
@@ -420,6 +422,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "the bundled model)")
     parser.add_argument("--device", default=None,
                         help="cpu, cuda, ... (default: $M2AE_DEVICE, else cuda when available)")
+    parser.add_argument("--dtype", default=None,
+                        help="auto, fp32, bf16, fp16 (default: $M2AE_DTYPE, else auto: bf16 on a "
+                             "CPU that computes it natively, else fp32)")
     parser.add_argument("--host", default=None,
                         help="address to listen on (default: $GRADIO_SERVER_NAME or 127.0.0.1; "
                              "0.0.0.0 for the local network)")
@@ -435,12 +440,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_demo_model(source: str | None, device: str | None):
+def load_demo_model(source: str | None, device: str | None, dtype: str | None = None):
     """Load the weights once; on failure stop with a message instead of serving a broken page."""
     global _MODEL
     device = device or os.environ.get("M2AE_DEVICE") or default_device()
+    dtype = dtype or os.environ.get("M2AE_DTYPE") or "auto"
     try:
-        _MODEL = load_model(source, device=device)
+        _MODEL = load_model(source, device=device, dtype=dtype)
     except (M2AEError, ValueError, OSError) as exc:
         where = f"'{source}'" if source else "the bundled default (m2ae_core/weights)"
         raise SystemExit(
@@ -458,9 +464,10 @@ def main(argv: list[str] | None = None) -> None:
     source = args.model or os.environ.get("M2AE_MODEL") or None
     max_pixels = args.max_pixels or _env_int("M2AE_DEMO_MAX_PIXELS", DEFAULT_MAX_PIXELS)
     concurrency = args.concurrency or _env_int("M2AE_DEMO_CONCURRENCY", DEFAULT_CONCURRENCY)
-    model = load_demo_model(source, args.device)
+    model = load_demo_model(source, args.device, args.dtype)
     where = getattr(model, "m2ae_source", source or "bundled default")
-    print(f"m2ae demo: model {where} on {next(model.parameters()).device}; "
+    param = next(model.parameters())
+    print(f"m2ae demo: model {where} on {param.device} ({str(param.dtype).removeprefix('torch.')}); "
           f"max {max_pixels:,} pixels; concurrency {concurrency}", flush=True)
     shown = (Path(source).name if Path(source).exists() else source) if source else "bundled default"
     demo = build_demo(max_pixels=max_pixels, model_note=f"model: {shown}")

@@ -77,6 +77,7 @@ def _side_path(target: Path, kind: str) -> Path:
 
 def run_deblur(args: argparse.Namespace) -> int:
     import numpy as np
+    import torch
 
     from . import imageio
     from .inference import deblur
@@ -123,6 +124,8 @@ def run_deblur(args: argparse.Namespace) -> int:
             note = (f"{source.name}: {stats['fraction_processed']:.1%} processed, "
                     f"{stats['macs'] / 1e9:.1f}/{stats['dense_macs'] / 1e9:.1f} GMAC, "
                     f"{stats['seconds']:.1f}s -> {target}")
+            if model.intro.weight.dtype != torch.float32:
+                note += f" ({str(model.intro.weight.dtype).removeprefix('torch.')})"
             if stats["ensemble"] > 1:
                 note += f" (self-ensemble of {stats['ensemble']})"
             if stats.get("camera_shake"):
@@ -220,7 +223,11 @@ def add_deblur_arguments(parser: argparse.ArgumentParser) -> None:
                         help="what the network's global pooling sees when tiling: the whole image "
                              "(default; as untiled, two passes, about 2x time) or each tile alone")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps ... (default cpu)")
-    parser.add_argument("--dtype", default=None, help="fp32 (default), fp16 or bf16")
+    parser.add_argument("--dtype", default="auto",
+                        help="auto (default): bf16 on a CPU that computes it natively "
+                             "(AVX512-BF16 or AMX; 1.3-1.8x faster, 40%% less memory, results "
+                             "within 0.02 dB), else fp32; or fp32, bf16, fp16 (fp16 is slow "
+                             "on CPUs)")
     parser.add_argument("--preserve-sharp", action="store_true",
                         help="keep pixels outside the (feathered) blur mask exactly as in "
                              "the input; inside a predicted mask, blend toward the input "
@@ -303,6 +310,8 @@ def _add_demo_command(commands) -> None:
     demo.add_argument("--model", help="weights: file, folder or Hub repo id "
                                       "(default: $M2AE_MODEL, else the bundled model)")
     demo.add_argument("--device", help="cpu, cuda, ... (default: $M2AE_DEVICE, else cuda if available)")
+    demo.add_argument("--dtype", help="auto, fp32, bf16, fp16 (default: $M2AE_DTYPE, else auto: "
+                                      "bf16 on a CPU with native bf16, else fp32)")
     demo.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for the LAN)")
     demo.add_argument("--port", type=int, help="port (default: the first free one from 7860)")
     demo.add_argument("--max-pixels", type=int, help="largest accepted image in pixels "
@@ -327,7 +336,8 @@ def _add_demo_command(commands) -> None:
         sys.modules[spec.name] = module
         spec.loader.exec_module(module)
         forwarded = [f"--{name.replace('_', '-')}={value}" for name, value in vars(args).items()
-                     if name in ("model", "device", "host", "port", "max_pixels", "concurrency")
+                     if name in ("model", "device", "dtype", "host", "port", "max_pixels",
+                                 "concurrency")
                      and value is not None] + (["--share"] if args.share else [])
         module.main(forwarded)
         return 0

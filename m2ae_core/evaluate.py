@@ -511,6 +511,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="evaluate only the first N samples")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps ... (default cpu)")
+    parser.add_argument("--dtype", default=None,
+                        help="fp32 (default), fp16 or bf16, as m2ae deblur --dtype")
     return parser
 
 
@@ -533,6 +535,8 @@ def _command_line(args: argparse.Namespace) -> str:
         parts += ["--limit", str(args.limit)]
     if args.device is not None:
         parts += ["--device", str(args.device)]
+    if args.dtype is not None:
+        parts += ["--dtype", str(args.dtype)]
     return shlex.join(parts)
 
 
@@ -555,7 +559,7 @@ def run_eval(args: argparse.Namespace) -> int:
         if not 0.0 <= args.threshold <= 1.0:
             raise ValueError(f"--threshold must be within 0..1, got {args.threshold}")
         find_samples(args.data)  # fail on a bad folder before loading the model
-        model = load_model(args.weights, device=args.device)
+        model = load_model(args.weights, device=args.device, dtype=args.dtype)
         results = evaluate(model, args.data, threshold=args.threshold, pruned=not args.dense,
                            preserve_sharp=args.preserve_sharp, limit=args.limit,
                            progress=progress, ensemble=args.ensemble)

@@ -236,7 +236,8 @@ def _run(model, image, mask, threshold, tile, progress, tile_context: str = "ima
 
         def tile_inputs(t):
             rows, cols = t.slices
-            x = x_view[:, :, rows, cols].to(device=device, dtype=dtype)
+            # full precision in: a bf16 / fp16 network casts it and adds its residual to it
+            x = x_view[:, :, rows, cols].to(device=device)
             return x, None if mask_view is None else mask_view[:, :, rows, cols].to(device)
 
         pooled = {}

@@ -85,7 +85,7 @@ class M2AENet(nn.Module):
         return shaken if shaken is not None else self.detect_shake(image)
 
     def _intro(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        padded = pad_to_multiple(image, self.config.pad_multiple)
+        padded = pad_to_multiple(image.to(self.intro.weight.dtype), self.config.pad_multiple)
         # Channels-last: pixel-wise ops (layer norm, gathers of pixel rows) read contiguous
         # channel vectors; 2x faster on CPU than NCHW for the same convolutions.
         padded = padded.contiguous(memory_format=torch.channels_last)
@@ -148,7 +148,13 @@ class M2AENet(nn.Module):
             # pop: each skip is freed once added, instead of all living until the last decoder
             # (at full resolution that held ~0.9 of a full-size feature map for nothing)
             x = decoder(up(x) + skips.pop())
-        x = self.ending(x) + padded
+        if image.dtype == padded.dtype:
+            x = self.ending(x) + padded
+        else:
+            # A reduced-precision network (bf16 / fp16) adds its residual to the caller's
+            # full-precision image: the input passes through exactly where the residual is
+            # zero, and 16-bit photos keep their precision (bf16 alone holds 8 bits).
+            x = self.ending(x).to(image.dtype) + pad_to_multiple(image, self.config.pad_multiple)
         return NetworkOutput(x[..., :h, :w], stages)
 
 

@@ -39,6 +39,7 @@ import torch
 from .config import PRESETS, M2AEConfig, get_config
 from .errors import ConfigError, WeightsError
 from .network import M2AENet
+from .precision import resolve_dtype
 
 __all__ = ["DEFAULT_WEIGHTS", "CONFIG_NAME", "WEIGHTS_NAME", "MODEL_TYPE", "FORMAT_VERSION",
            "save_weights", "save_pretrained", "load_state", "load_model", "infer_config",
@@ -710,27 +711,6 @@ def _choose_config(state, stored: M2AEConfig | None, preset) -> M2AEConfig:
 
 # --------------------------------------------------------------------------- building models
 
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
-           "32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-           "half": torch.float16, "16": torch.float16, "bf16": torch.bfloat16,
-           "bfloat16": torch.bfloat16, "fp64": torch.float64, "float64": torch.float64,
-           "double": torch.float64}
-
-
-def _parse_dtype(dtype) -> torch.dtype:
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        if not dtype.is_floating_point:
-            raise ConfigError(f"dtype must be a floating point type, got {dtype}")
-        return dtype
-    if isinstance(dtype, str):
-        key = dtype.strip().lower().removeprefix("torch.")
-        if key in _DTYPES:
-            return _DTYPES[key]
-    raise ConfigError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)} or a torch dtype")
-
-
 def _parse_device(device) -> torch.device:
     if device is None:
         return torch.device("cpu")
@@ -806,11 +786,12 @@ def load_model(source=None, device=None, dtype=None, *, preset: str | M2AEConfig
     the stored/inferred config; a plain NAFNet checkpoint then fills the plain parts of an
     M2AS preset (the M2AS-only keys are listed in ``model.m2ae_missing_keys``).
     ``strict=False`` also tolerates other missing or unexpected keys (never shape mismatches).
-    ``device``: str or torch.device (None = cpu); ``dtype``: torch dtype or 'fp32'/'fp16'/'bf16'
-    (None = float32).
+    ``device``: str or torch.device (None = cpu); ``dtype``: torch dtype, 'fp32'/'fp16'/'bf16',
+    or 'auto' (bf16 on a CPU with native bf16, else float32: :mod:`m2ae_core.precision`);
+    None = float32.
     """
     target_device = _parse_device(device)
-    target_dtype = _parse_dtype(dtype)
+    target_dtype = resolve_dtype(dtype, target_device)
     state, stored, where = _read_source(source)
     config = _choose_config(state, stored, preset)
     model = M2AENet(config)

@@ -227,8 +227,10 @@ class M2AELoadModel(io.ComfyNode):
                             "when ComfyUI runs with --cpu)."),
                 io.Combo.Input(
                     "dtype", options=models.DTYPES, default="auto",
-                    tooltip="Precision. auto = fp32 (exact trajectory sampling; always fp32 on "
-                            "CPU). fp16/bf16 are faster on GPUs but approximate."),
+                    tooltip="Precision. auto = bf16 on a CPU that computes it natively "
+                            "(AVX512-BF16 or AMX: 1.3-1.8x faster, results within 0.01 dB), "
+                            "else fp32 (GPUs too). fp16/bf16 on request: faster on GPUs, "
+                            "approximate; fp16 is slow on CPUs."),
             ],
             outputs=[M2AEModelType.Output("m2ae_model", display_name="m2ae_model",
                                           tooltip="The loaded model, for the other M2AE nodes.")],

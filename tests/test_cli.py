@@ -61,7 +61,7 @@ def test_ensemble_reaches_deblur(tmp_path, weights, capsys):
     assert main(["deblur", str(src), "-o", str(out), "--weights", str(weights),
                  "--ensemble", "8"]) == 0
     assert "self-ensemble of 8" in capsys.readouterr().out
-    expected = deblur(load_model(weights), imageio.read_image(src), ensemble=8).image
+    expected = deblur(load_model(weights, dtype="auto"), imageio.read_image(src), ensemble=8).image
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(expected))
     assert main(["deblur", str(src), "-o", str(tmp_path / "x1.png"), "--weights", str(weights)]) == 0
     assert not np.array_equal(np.asarray(Image.open(tmp_path / "x1.png")), np.asarray(expected))
@@ -385,3 +385,17 @@ def test_max_pixels_limit_is_named_and_can_be_raised(tmp_path, weights, capsys):
     with pytest.raises(SystemExit):
         main(args + ["--max-pixels", "-5", "--overwrite"])
     assert "positive number of pixels" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_dtype_auto_is_the_default_and_follows_the_cpu(tmp_path, weights, capsys, monkeypatch, native):
+    from m2ae_core import precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+    src = write_photo(tmp_path / "p.png")
+    assert main(["deblur", str(src), "-o", str(tmp_path / "r.png"), "--weights", str(weights)]) == 0
+    out = capsys.readouterr().out
+    assert ("(bfloat16)" in out) is native
+    assert main(["deblur", str(src), "-o", str(tmp_path / "f.png"), "--weights", str(weights),
+                 "--dtype", "fp32"]) == 0
+    assert "(bfloat16)" not in capsys.readouterr().out

@@ -315,3 +315,31 @@ def test_stage_maps_line_up_with_the_input_when_it_was_padded():
     assert probability[0].argmax().item() in range(40, 44)
     dx = trajectory[0, 0, 0]  # the start's dx (grid px x 4), bilinear: peaks mid-column
     assert (dx == dx.max()).nonzero().flatten().tolist() == [41, 42]
+
+
+def test_reduced_precision_network_keeps_the_input_precision(model):
+    """A bf16 network adds its residual to the full-precision input: with a zero residual a
+    16-bit photo comes back bit for bit (bf16 itself holds only 8 bits of it)."""
+    import copy
+
+    silent = copy.deepcopy(model).to(torch.bfloat16)
+    with torch.no_grad():
+        silent.ending.weight.zero_()
+        silent.ending.bias.zero_()
+    rng = np.random.default_rng(5)
+    arr = rng.integers(0, 65536, (40, 56, 3)).astype(np.uint16)
+    result = deblur(silent, arr, mask=np.ones((40, 56), bool))
+    assert result.image.dtype == np.uint16
+    assert np.array_equal(result.image, arr)
+
+
+def test_bf16_restores_close_to_fp32(model):
+    import copy
+
+    image = photo(48, 64, seed=2)
+    mask = np.zeros((48, 64), bool)
+    mask[8:40, 16:48] = True
+    full = deblur(model, image, mask=mask).image.astype(np.float64)
+    half = deblur(copy.deepcopy(model).to(torch.bfloat16), image, mask=mask).image.astype(np.float64)
+    assert np.abs(full - half).mean() < 1.0  # in 0..255: bf16 rounding, not another result
+    assert np.abs(full - half).max() <= 16
