@@ -80,8 +80,8 @@ else:
             paths.remove(str(folder))
 
     @pytest.fixture
-    def tiny(model_dir):
-        return M2AELoadModel.execute("tiny.safetensors", "auto", "auto").args[0]
+    def tiny(model_dir):  # fp32: these tests are about the nodes, not about precision
+        return M2AELoadModel.execute("tiny.safetensors", "auto", "fp32").args[0]
 
     @pytest.fixture
     def no_bundled(monkeypatch, tmp_path):
@@ -185,7 +185,9 @@ else:
     # ------------------------------------------------------------------ loading
 
     def test_load_devices_dtypes_and_cache(model_dir):
-        first = M2AELoadModel.execute("tiny.safetensors", "auto", "auto").args[0]
+        from m2ae_core.precision import auto_dtype
+
+        first = M2AELoadModel.execute("tiny.safetensors", "auto", "fp32").args[0]
         assert first.device == model_management.get_torch_device() == torch.device("cpu")
         assert first.dtype == torch.float32 and not first.network.training
         assert next(first.network.parameters()).dtype == torch.float32
@@ -193,6 +195,10 @@ else:
         assert again.network is first.network  # cached
         half = M2AELoadModel.execute("tiny.safetensors", "cpu", "bf16").args[0]
         assert half.dtype == torch.bfloat16 and next(half.network.parameters()).dtype == torch.bfloat16
+        # auto: m2ae_core's rule for the device (bf16 on a CPU with native bf16, else fp32)
+        chosen = M2AELoadModel.execute("tiny.safetensors", "cpu", "auto").args[0]
+        assert chosen.dtype == auto_dtype(torch.device("cpu"))
+        assert next(chosen.network.parameters()).dtype == chosen.dtype
         # a file replaced under the same name is read again, and ComfyUI sees a new fingerprint
         stamp = M2AELoadModel.fingerprint_inputs("tiny.safetensors", "auto", "auto")
         path = model_dir / "tiny.safetensors"
