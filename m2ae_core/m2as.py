@@ -247,7 +247,7 @@ class M2ASBlock(NAFBlock):
                                        start[plan.item, :, plan.row, plan.col],
                                        end[plan.item, :, plan.row, plan.col],
                                        taps / gain[:, None], kept_bias, border=folded_bias)
-            gated.index_copy_(0, plan.mask_index, simple_gate(sampled))
+            gated.index_copy_(0, plan.mask_index, simple_gate(sampled).to(gated.dtype))
         return gated.view(b, h, w, c).permute(0, 3, 1, 2)
 
     def masked_spatial_mix(self, x: torch.Tensor, mask: torch.Tensor,
@@ -273,7 +273,8 @@ class M2ASBlock(NAFBlock):
                                        start[plan.item, :, plan.row, plan.col],
                                        end[plan.item, :, plan.row, plan.col],
                                        self.dconv.weight, self.dconv.bias)
-            rows.index_copy_(0, plan.mask_index, simple_gate(sampled))
+            # .to: under bf16 autocast (training) the sampled taps come out in bf16
+            rows.index_copy_(0, plan.mask_index, simple_gate(sampled).to(rows.dtype))
         return rows.view(b, h, w, c // 2).permute(0, 3, 1, 2)
 
 

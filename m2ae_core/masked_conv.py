@@ -131,10 +131,12 @@ def masked_gated_conv_pruned(f1: torch.Tensor, plan: PrunePlan, conv1: nn.Conv2d
         # Overwrite only the unmasked rows: a select over the whole map cost 3.7-7x more
         # (45-80 % masked, 1280x720's stage-4 grid, one thread).
         unmasked = plan.unmasked_index
-        result.index_copy_(0, unmasked, pixels.index_select(0, unmasked).square_())
+        result.index_copy_(0, unmasked,
+                          pixels.index_select(0, unmasked).square_().to(result.dtype))
     else:
         result = pixels.square()
         if plan.masked:
             result.index_copy_(0, plan.mask_index,
-                               simple_gate(_masked_conv_rows(pixels, plan, w, conv1, conv2)))
+                               simple_gate(_masked_conv_rows(pixels, plan, w, conv1, conv2))
+                               .to(result.dtype))
     return result.view(b, h, w, c).permute(0, 3, 1, 2)

@@ -125,7 +125,7 @@ class TrainConfig:
     resume: bool = False  # continue from <out_dir>/last.pt when it exists
     threads: int = 0  # torch intra-op threads per process; 0 = leave torch's default
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "none"  # none | bf16 (CUDA autocast)
+    amp: str = "none"  # none | bf16 (autocast of the forward on CUDA or CPU)
     tf32: bool = True  # allow TF32 matmuls/convs on CUDA
     ddp_find_unused: bool = False
     progress: bool = True  # print a progress line every log_every steps (rank 0)

@@ -478,8 +478,10 @@ def _train(config: TrainConfig, world: int, rank: int, device: torch.device,
                   f"params) on {device} x {world}, batch {config.batch_size} x {world}, "
                   f"crop {config.data.crop}, {config.steps} steps -> {out}", flush=True)
 
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                if config.amp == "bf16" and device.type == "cuda" else contextlib.nullcontext())
+    # bf16 autocast of the forward: CUDA, and CPUs with native bf16 (AVX512-BF16 / AMX)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
+                if config.amp == "bf16" and device.type in ("cuda", "cpu")
+                else contextlib.nullcontext())
     sums: dict[str, torch.Tensor] = {}
     count = skipped = 0
     interval_start = time.perf_counter()
