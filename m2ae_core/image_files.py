@@ -25,6 +25,9 @@ __all__ = ["MAX_PIXELS", "SAVE_FORMATS", "read_image", "save_image", "file_image
 #: is read from the file header and checked before any pixel is decoded, so a
 #: small file claiming a huge size (a "decompression bomb") costs nothing.
 MAX_PIXELS: int = 100_000_000
+# zlib level of PNG outputs: on a 13 MP photo level 4 wrote in 1.7 s what Pillow's default 6
+# wrote in 4.2 s, for a 4.7 % larger file (session 17)
+PNG_COMPRESS_LEVEL = 4
 RAISE_THE_LIMIT = ("(downscale it first, or raise the limit if you trust the file: "
                    "m2ae deblur --max-pixels N, read_image(..., max_pixels=N))")
 
@@ -245,6 +248,8 @@ def _writer_for(image: Any, fmt: str, name: str,
         options = {"quality": 95, "subsampling": 0}
     elif fmt == "WEBP":
         options = {"quality": 95}
+    elif fmt == "PNG":
+        options = {"compress_level": PNG_COMPRESS_LEVEL}
 
     if isinstance(image, np.ndarray):
         arr = image
@@ -266,10 +271,11 @@ def _writer_for(image: Any, fmt: str, name: str,
         if arr.dtype == np.uint16:
             if fmt == "PNG" and not grey:
                 chunks = png_chunks(metadata, arr.shape[2])
-                return lambda fh: png16.encode_png(arr, fh, extra_chunks=chunks)
+                return lambda fh: png16.encode_png(arr, fh, compress_level=PNG_COMPRESS_LEVEL,
+                                                   extra_chunks=chunks)
             if fmt in ("PNG", "TIFF") and grey:
                 im = Image.fromarray(arr.reshape(arr.shape[0], arr.shape[1]))
-                kept = pillow_options(metadata, fmt, im)
+                kept = {**options, **pillow_options(metadata, fmt, im)}
                 return lambda fh: im.save(fh, format=fmt, **kept)
             warnings.warn(
                 f"'{name}': {fmt} cannot store 16-bit {'greyscale' if grey else 'colour'} here; "
@@ -305,7 +311,7 @@ def save_image(image: Image.Image | np.ndarray, path: str | os.PathLike,
     read_image/save_image round trip exactly.  Formats that cannot hold the
     data get a reduced version plus a warning (16-bit -> 8-bit for JPEG/BMP/
     WEBP, alpha dropped for JPEG and BMP).  JPEG is written at quality 95 without
-    chroma subsampling.
+    chroma subsampling, PNG at zlib level :data:`PNG_COMPRESS_LEVEL`.
 
     The file is written to a temporary file in the same folder and moved into
     place with ``os.replace``, so an interrupted run never leaves a

@@ -745,3 +745,29 @@ def test_16bit_tiff_without_tifffile_warns_and_reads_8_bits(tmp_path, monkeypatc
     with pytest.warns(UserWarning, match="16-bit colour TIFF; reading it at 8 bits.*tifffile"):
         out = read_image(path)
     assert np.asarray(out).dtype == np.uint8 and np.asarray(out).shape == (20, 30, 3)
+
+
+def test_png_outputs_use_the_faster_compression_level(tmp_path, monkeypatch):
+    """PNG results are written at zlib level PNG_COMPRESS_LEVEL, 8-bit and 16-bit alike."""
+    import zlib
+
+    from m2ae_core import image_files
+
+    levels = []
+    real = zlib.compressobj
+
+    def spy(level=-1, *args, **kwargs):
+        levels.append(level)
+        return real(level, *args, **kwargs)
+
+    rng = np.random.default_rng(3)
+    deep = rng.integers(0, 65536, (16, 16, 3), dtype=np.uint16)
+    monkeypatch.setattr(zlib, "compressobj", spy)
+    save_image(deep, tmp_path / "deep.png")
+    assert levels and set(levels) == {image_files.PNG_COMPRESS_LEVEL}
+    assert np.array_equal(read_image(tmp_path / "deep.png"), deep)
+
+    flat = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    save_image(flat, tmp_path / "a.png")
+    flat.save(tmp_path / "b.png", compress_level=image_files.PNG_COMPRESS_LEVEL)
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
