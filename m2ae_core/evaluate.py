@@ -512,7 +512,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="evaluate only the first N samples")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps ... (default cpu)")
     parser.add_argument("--dtype", default=None,
-                        help="fp32 (default), fp16 or bf16, as m2ae deblur --dtype")
+                        help="fp32 (default: exact benchmark numbers), bf16, fp16 or auto, as m2ae deblur --dtype")
     return parser
 
 
