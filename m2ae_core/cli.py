@@ -226,7 +226,7 @@ def add_deblur_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto",
                         help="auto (default): bf16 on a CPU that computes it natively "
                              "(AVX512-BF16 or AMX; 1.3-1.8x faster, 40%% less memory, results "
-                             "within 0.02 dB), else fp32; or fp32, bf16, fp16 (fp16 is slow "
+                             "within 0.01 dB), else fp32; or fp32, bf16, fp16 (fp16 is slow "
                              "on CPUs)")
     parser.add_argument("--preserve-sharp", action="store_true",
                         help="keep pixels outside the (feathered) blur mask exactly as in "
