@@ -43,6 +43,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from m2ae_core import M2AEError, deblur, load_model  # noqa: E402
+from m2ae_core.precision import AUTO, DTYPE_NAMES  # noqa: E402
 from m2ae_core.errors import ImageInputError  # noqa: E402
 from m2ae_core.imageio import read_image, save_image  # noqa: E402
 from m2ae_core.photo_metadata import read_metadata  # noqa: E402
@@ -444,7 +445,10 @@ def load_demo_model(source: str | None, device: str | None, dtype: str | None = 
     """Load the weights once; on failure stop with a message instead of serving a broken page."""
     global _MODEL
     device = device or os.environ.get("M2AE_DEVICE") or default_device()
-    dtype = dtype or os.environ.get("M2AE_DTYPE") or "auto"
+    dtype = dtype or os.environ.get("M2AE_DTYPE") or AUTO
+    if dtype.strip().lower() not in (AUTO, *DTYPE_NAMES):
+        raise SystemExit(f"m2ae demo: cannot start: unknown dtype '{dtype}' (--dtype or "
+                         "M2AE_DTYPE); use auto, fp32, bf16 or fp16")
     try:
         _MODEL = load_model(source, device=device, dtype=dtype)
     except (M2AEError, ValueError, OSError) as exc:
@@ -470,7 +474,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"m2ae demo: model {where} on {param.device} ({str(param.dtype).removeprefix('torch.')}); "
           f"max {max_pixels:,} pixels; concurrency {concurrency}", flush=True)
     shown = (Path(source).name if Path(source).exists() else source) if source else "bundled default"
-    demo = build_demo(max_pixels=max_pixels, model_note=f"model: {shown}")
+    precision = str(param.dtype).removeprefix("torch.")
+    demo = build_demo(max_pixels=max_pixels,
+                      model_note=f"model: {shown} · {param.device.type} · {precision}")
     demo.queue(default_concurrency_limit=concurrency, max_size=QUEUE_SIZE)
     options = dict(server_name=args.host, server_port=args.port, share=args.share or None,
                    allowed_paths=[str(EXAMPLES_DIR)], max_file_size="100mb",

@@ -342,6 +342,24 @@ def test_model_source_falls_back_to_the_bundled_default(monkeypatch, tmp_path):
     assert app._MODEL is model and not model.training
 
 
+def test_model_precision_from_option_environment_or_auto(monkeypatch, tmp_path):
+    import torch
+
+    from m2ae_core.precision import auto_dtype
+
+    app = _load_app("m2ae_demo_app_dtype")
+    weights = str(tiny_model(tmp_path / "tiny.safetensors"))
+    monkeypatch.delenv("M2AE_DTYPE", raising=False)
+    dtype_of = lambda model: next(model.parameters()).dtype  # noqa: E731
+    assert dtype_of(app.load_demo_model(weights, "cpu")) == auto_dtype(torch.device("cpu"))
+    monkeypatch.setenv("M2AE_DTYPE", "fp32")
+    assert dtype_of(app.load_demo_model(weights, "cpu")) == torch.float32
+    assert dtype_of(app.load_demo_model(weights, "cpu", "bf16")) == torch.bfloat16  # option wins
+    monkeypatch.setenv("M2AE_DTYPE", "int8")
+    with pytest.raises(SystemExit, match="unknown dtype 'int8' .*use auto, fp32, bf16 or fp16"):
+        app.load_demo_model(weights, "cpu")
+
+
 def test_spaces_gpu_wraps_only_the_model_call(monkeypatch):
     wrapped = []
 
