@@ -19,16 +19,29 @@ def _fail(message: str) -> int:
     return 2
 
 
-def collect_inputs(paths: list[str]) -> list[Path]:
-    """Files as given; folders expanded to their image files (sorted, not recursive)."""
-    found: list[Path] = []
+def collect_tree(paths: list[str], recursive: bool = False,
+                 exclude: Path | None = None) -> list[tuple[Path, Path]]:
+    """(image file, its folder relative to the input folder it was found in) for every input:
+    files as given (folder '.'); folders expanded to their image files, sorted, and with
+    ``recursive`` also those of their subfolders (hidden ones skipped, and ``exclude``, the
+    output folder, so that results never become inputs)."""
+    found: list[tuple[Path, Path]] = []
+    skip = exclude.resolve() if exclude is not None else None
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found.extend(sorted(p for p in path.iterdir()
-                                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+            candidates = path.rglob("*") if recursive else path.iterdir()
+            for p in sorted(candidates):
+                relative = p.relative_to(path)
+                if not (p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+                    continue
+                if any(part.startswith(".") for part in relative.parts[:-1]):
+                    continue
+                if skip is not None and recursive and p.resolve().is_relative_to(skip):
+                    continue
+                found.append((p, relative.parent))
         elif path.exists():
-            found.append(path)
+            found.append((path, Path(".")))
         else:
             raise M2AEError(f"input '{raw}' does not exist")
     if not found:
@@ -36,18 +49,25 @@ def collect_inputs(paths: list[str]) -> list[Path]:
     return found
 
 
+def collect_inputs(paths: list[str]) -> list[Path]:
+    """Files as given; folders expanded to their image files (sorted, not recursive)."""
+    return [file for file, _ in collect_tree(paths)]
+
+
 def plan_outputs(inputs: list[Path], out: Path, single_input_file: bool,
-                 suffix: str | None = None) -> list[Path]:
+                 suffix: str | None = None, subfolders: list[Path] | None = None) -> list[Path]:
     """Output file per input: OUT itself for one file with an image suffix, else
-    OUT/<stem><suffix> (``suffix`` defaults to .png)."""
+    OUT/<subfolder>/<stem><suffix> (``suffix`` defaults to .png; ``subfolders``, from
+    :func:`collect_tree`, mirror the input tree and default to none)."""
     if single_input_file and out.suffix.lower() in IMAGE_SUFFIXES:
         if suffix is not None and out.suffix.lower() not in _SAME_FORMAT[suffix]:
             raise M2AEError(f"-o '{out}' names a {out.suffix} file but --format asks for "
                             f"{suffix}; give one of them")
         targets = [out]
     else:
-        targets = [out / f"{p.stem}{suffix or '.png'}" for p in inputs]
-        if len({t.name for t in targets}) != len(targets):
+        subfolders = subfolders or [Path(".")] * len(inputs)
+        targets = [out / sub / f"{p.stem}{suffix or '.png'}" for p, sub in zip(inputs, subfolders)]
+        if len(set(targets)) != len(targets):
             raise M2AEError("two inputs share a file name stem; deblur them into separate folders")
     resolved_inputs = {p.resolve() for p in inputs}
     for target in targets:
@@ -87,10 +107,12 @@ def run_deblur(args: argparse.Namespace) -> int:
     from .weights import load_model
 
     try:
-        inputs = collect_inputs(args.inputs)
+        tree = collect_tree(args.inputs, args.recursive, exclude=Path(args.output))
+        inputs, subfolders = [file for file, _ in tree], [sub for _, sub in tree]
         single = len(inputs) == 1 and not Path(args.inputs[0]).is_dir()
         suffix = OUTPUT_FORMATS[args.format] if args.format else None
-        targets = plan_outputs(inputs, Path(args.output), single, suffix)
+        targets = plan_outputs(inputs, Path(args.output), single, suffix, subfolders)
+        where = dict(zip(inputs, subfolders))
         work = pending_work(inputs, targets, args.overwrite, args.skip_existing)
         if len(work) < len(inputs):
             print(f"m2ae: {len(inputs) - len(work)} of {len(inputs)} outputs exist already; "
@@ -106,7 +128,7 @@ def run_deblur(args: argparse.Namespace) -> int:
     for index, (source, target) in enumerate(work):
         try:
             image = imageio.read_image(source, max_pixels=args.max_pixels)
-            mask = _mask_for(args.mask, source, args.max_pixels)
+            mask = _mask_for(args.mask, source, args.max_pixels, where[source])
             result = deblur(model, image, mask=mask, threshold=args.threshold,
                             preserve_sharp=args.preserve_sharp, tile=args.tile,
                             tile_context=args.tile_context, pruned=not args.dense,
@@ -161,19 +183,24 @@ def _step_progress(bar, index: int, name: str):
     return report
 
 
-def _mask_for(mask_arg: str | None, source: Path, max_pixels: int):
-    """--mask FILE applies to every input; --mask DIR looks for DIR/<stem>.<image suffix>."""
+def _mask_for(mask_arg: str | None, source: Path, max_pixels: int,
+              subfolder: Path = Path(".")):
+    """--mask FILE applies to every input; --mask DIR looks for DIR/<subfolder>/<stem>.<image
+    suffix> (the input's place in a --recursive tree), then DIR/<stem>.<image suffix>."""
     if mask_arg is None:
         return None
     from . import imageio
 
     path = Path(mask_arg)
     if path.is_dir():
-        for suffix in sorted(IMAGE_SUFFIXES):
-            candidate = path / f"{source.stem}{suffix}"
-            if candidate.exists():
-                return imageio.read_image(candidate, max_pixels=max_pixels)
-        raise M2AEError(f"no mask named '{source.stem}.*' in '{path}'")
+        for folder in dict.fromkeys((path / subfolder, path)):
+            for suffix in sorted(IMAGE_SUFFIXES):
+                candidate = folder / f"{source.stem}{suffix}"
+                if candidate.exists():
+                    return imageio.read_image(candidate, max_pixels=max_pixels)
+        raise M2AEError(f"no mask named '{source.stem}.*' in '{path / subfolder}' or '{path}'"
+                        if subfolder != Path(".") else
+                        f"no mask named '{source.stem}.*' in '{path}'")
     return imageio.read_image(path, max_pixels=max_pixels)
 
 
@@ -195,6 +222,10 @@ def add_deblur_arguments(parser: argparse.ArgumentParser) -> None:
                              "results are <name>.png unless --format says otherwise (16-bit "
                              "inputs stay 16-bit in PNG and TIFF; the colour profile and EXIF "
                              "are kept)")
+    parser.add_argument("-r", "--recursive", action="store_true",
+                        help="also restore the images in the input folders' subfolders (hidden "
+                             "ones and the output folder skipped); results mirror the tree under "
+                             "the output folder")
     parser.add_argument("--format", choices=sorted(OUTPUT_FORMATS), default=None,
                         help="file type of the results written into the output folder "
                              "(default png; jpg is written at quality 95 without chroma "

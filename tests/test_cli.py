@@ -265,7 +265,7 @@ def test_console_script_help_documents_every_option():
     for option in ("--save-mask", "--save-trajectory", "--mask", "--threshold", "--tile",
                    "--tile-context",
                    "--device", "--weights", "--preserve-sharp", "--overwrite",
-                   "--skip-existing", "--format", "--max-pixels"):
+                   "--skip-existing", "--format", "--max-pixels", "--recursive"):
         assert option in out
 
 
@@ -399,3 +399,34 @@ def test_dtype_auto_is_the_default_and_follows_the_cpu(tmp_path, weights, capsys
     assert main(["deblur", str(src), "-o", str(tmp_path / "f.png"), "--weights", str(weights),
                  "--dtype", "fp32"]) == 0
     assert "(bfloat16)" not in capsys.readouterr().out
+
+
+def test_recursive_mirrors_the_tree_and_skips_hidden_and_output_folders(tmp_path, weights, capsys):
+    photos = tmp_path / "photos"
+    for rel in ("a.png", "2024/b.png", "2024/trip/c.png", ".thumbs/d.png", "2023/a.png"):
+        (photos / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_photo(photos / rel, size=(32, 24))
+    masks = tmp_path / "masks"
+    (masks / "2024").mkdir(parents=True)
+    Image.fromarray(np.full((24, 32), 255, np.uint8)).save(masks / "2024" / "b.png")
+    Image.fromarray(np.zeros((24, 32), np.uint8)).save(masks / "b.png")  # the top-level fallback
+    out = photos / "restored"  # inside the tree: results must never become inputs
+    args = ["deblur", str(photos), "-o", str(out), "--weights", str(weights), "-r",
+            "--save-mask"]
+    assert main(args) == 0
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*.png") if "_mask" not in p.name)
+    assert written == ["2023/a.png", "2024/b.png", "2024/trip/c.png", "a.png"]
+    assert (out / "2024" / "b.png").exists()
+    assert main(args + ["--skip-existing"]) == 0
+    assert "4 of 4 outputs exist already" in capsys.readouterr().err
+
+    # a mask folder is looked up at the input's place in the tree first
+    masked = tmp_path / "masked"
+    assert main(["deblur", str(photos), "-o", str(masked), "--weights", str(weights), "-r",
+                 "--mask", str(masks), "--save-mask"]) == 1  # a.png has no mask anywhere
+    assert "no mask named 'a.*'" in capsys.readouterr().err
+    assert np.asarray(Image.open(masked / "2024" / "b_mask.png")).min() == 255
+    # without -r only the top level, as before
+    flat = tmp_path / "flat"
+    assert main(["deblur", str(photos), "-o", str(flat), "--weights", str(weights)]) == 0
+    assert sorted(p.name for p in flat.iterdir()) == ["a.png"]
