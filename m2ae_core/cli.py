@@ -12,6 +12,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".h
 OUTPUT_FORMATS = {"png": ".png", "jpg": ".jpg", "tif": ".tif", "webp": ".webp"}
 _SAME_FORMAT = {".png": {".png"}, ".jpg": {".jpg", ".jpeg"}, ".tif": {".tif", ".tiff"},
                 ".webp": {".webp"}}
+# name endings of the pictures --save-mask / --save-trajectory write beside a result
+SIDE_OUTPUTS = ("_mask", "_trajectory")
 
 
 def _fail(message: str) -> int:
@@ -19,17 +21,19 @@ def _fail(message: str) -> int:
     return 2
 
 
-def collect_tree(paths: list[str], recursive: bool = False,
-                 exclude: Path | None = None) -> list[tuple[Path, Path]]:
+def collect_tree(paths: list[str], recursive: bool = False, exclude: Path | None = None,
+                 result_suffix: str = "") -> list[tuple[Path, Path]]:
     """(image file, its folder relative to the input folder it was found in) for every input:
     files as given (folder '.'); folders expanded to their image files, sorted, and with
-    ``recursive`` also those of their subfolders (hidden ones skipped, and ``exclude``, the
-    output folder, so that results never become inputs)."""
+    ``recursive`` also those of their subfolders. So that results never become inputs, a
+    folder's walk skips ``exclude`` (the output folder) when it lies inside, and files whose
+    name ends with ``result_suffix`` (--name-suffix); hidden subfolders are skipped too."""
     found: list[tuple[Path, Path]] = []
-    skip = exclude.resolve() if exclude is not None else None
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
+            inside = exclude is not None and exclude.resolve() != path.resolve() \
+                and exclude.resolve().is_relative_to(path.resolve())
             candidates = path.rglob("*") if recursive else path.iterdir()
             for p in sorted(candidates):
                 relative = p.relative_to(path)
@@ -37,7 +41,10 @@ def collect_tree(paths: list[str], recursive: bool = False,
                     continue
                 if any(part.startswith(".") for part in relative.parts[:-1]):
                     continue
-                if skip is not None and recursive and p.resolve().is_relative_to(skip):
+                if inside and p.resolve().is_relative_to(exclude.resolve()):
+                    continue
+                if result_suffix and p.stem.endswith(tuple(
+                        result_suffix + side for side in ("", *SIDE_OUTPUTS))):
                     continue
                 found.append((p, relative.parent))
         elif path.exists():
@@ -55,10 +62,13 @@ def collect_inputs(paths: list[str]) -> list[Path]:
 
 
 def plan_outputs(inputs: list[Path], out: Path, single_input_file: bool,
-                 suffix: str | None = None, subfolders: list[Path] | None = None) -> list[Path]:
+                 suffix: str | None = None, subfolders: list[Path] | None = None,
+                 name_suffix: str = "") -> list[Path]:
     """Output file per input: OUT itself for one file with an image suffix, else
-    OUT/<subfolder>/<stem><suffix> (``suffix`` defaults to .png; ``subfolders``, from
-    :func:`collect_tree`, mirror the input tree and default to none)."""
+    OUT/<subfolder>/<stem><name_suffix><suffix> (``suffix`` defaults to .png; ``subfolders``,
+    from :func:`collect_tree`, mirror the input tree and default to none)."""
+    if Path(name_suffix).name != name_suffix or name_suffix in (".", ".."):
+        raise M2AEError(f"--name-suffix '{name_suffix}' must not contain a path separator")
     if single_input_file and out.suffix.lower() in IMAGE_SUFFIXES:
         if suffix is not None and out.suffix.lower() not in _SAME_FORMAT[suffix]:
             raise M2AEError(f"-o '{out}' names a {out.suffix} file but --format asks for "
@@ -66,7 +76,8 @@ def plan_outputs(inputs: list[Path], out: Path, single_input_file: bool,
         targets = [out]
     else:
         subfolders = subfolders or [Path(".")] * len(inputs)
-        targets = [out / sub / f"{p.stem}{suffix or '.png'}" for p, sub in zip(inputs, subfolders)]
+        targets = [out / sub / f"{p.stem}{name_suffix}{suffix or '.png'}"
+                   for p, sub in zip(inputs, subfolders)]
         if len(set(targets)) != len(targets):
             raise M2AEError("two inputs share a file name stem; deblur them into separate folders")
     resolved_inputs = {p.resolve() for p in inputs}
@@ -107,11 +118,13 @@ def run_deblur(args: argparse.Namespace) -> int:
     from .weights import load_model
 
     try:
-        tree = collect_tree(args.inputs, args.recursive, exclude=Path(args.output))
+        tree = collect_tree(args.inputs, args.recursive, exclude=Path(args.output),
+                            result_suffix=args.name_suffix)
         inputs, subfolders = [file for file, _ in tree], [sub for _, sub in tree]
         single = len(inputs) == 1 and not Path(args.inputs[0]).is_dir()
         suffix = OUTPUT_FORMATS[args.format] if args.format else None
-        targets = plan_outputs(inputs, Path(args.output), single, suffix, subfolders)
+        targets = plan_outputs(inputs, Path(args.output), single, suffix, subfolders,
+                               args.name_suffix)
         where = dict(zip(inputs, subfolders))
         work = pending_work(inputs, targets, args.overwrite, args.skip_existing)
         if len(work) < len(inputs):
@@ -222,6 +235,11 @@ def add_deblur_arguments(parser: argparse.ArgumentParser) -> None:
                              "results are <name>.png unless --format says otherwise (16-bit "
                              "inputs stay 16-bit in PNG and TIFF; the colour profile and EXIF "
                              "are kept)")
+    parser.add_argument("--name-suffix", default="", metavar="TEXT",
+                        help="appended to each result's name, e.g. _sharp: photo.jpg -> "
+                             "photo_sharp.png (lets results sit next to their photos: -o the "
+                             "photos' folder; files in the input folders whose name already ends "
+                             "with it are taken for results and skipped)")
     parser.add_argument("-r", "--recursive", action="store_true",
                         help="also restore the images in the input folders' subfolders (hidden "
                              "ones and the output folder skipped); results mirror the tree under "

@@ -430,3 +430,22 @@ def test_recursive_mirrors_the_tree_and_skips_hidden_and_output_folders(tmp_path
     flat = tmp_path / "flat"
     assert main(["deblur", str(photos), "-o", str(flat), "--weights", str(weights)]) == 0
     assert sorted(p.name for p in flat.iterdir()) == ["a.png"]
+
+
+def test_name_suffix_lets_results_sit_next_to_their_photos(tmp_path, weights, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    write_photo(photos / "a.jpg")
+    before = (photos / "a.jpg").read_bytes()
+    args = ["deblur", str(photos), "-o", str(photos), "--weights", str(weights), "--format", "jpg"]
+    assert main(args) == 2  # photos/a.jpg would be replaced by its own result
+    assert "overwrite an input" in capsys.readouterr().err
+    assert main(args + ["--name-suffix", "_sharp", "--save-mask"]) == 0
+    assert sorted(p.name for p in photos.iterdir()) == ["a.jpg", "a_sharp.jpg", "a_sharp_mask.png"]
+    assert (photos / "a.jpg").read_bytes() == before
+    # a rerun, -r too, takes a_sharp.* for results: nothing new, no a_sharp_sharp
+    assert main(args + ["--name-suffix", "_sharp", "-r", "--skip-existing"]) == 0
+    assert "1 of 1 outputs exist already" in capsys.readouterr().err
+    assert sorted(p.name for p in photos.iterdir()) == ["a.jpg", "a_sharp.jpg", "a_sharp_mask.png"]
+    assert main(args + ["--name-suffix", "x/y"]) == 2
+    assert "path separator" in capsys.readouterr().err
