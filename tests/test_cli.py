@@ -265,7 +265,8 @@ def test_console_script_help_documents_every_option():
     for option in ("--save-mask", "--save-trajectory", "--mask", "--threshold", "--tile",
                    "--tile-context",
                    "--device", "--weights", "--preserve-sharp", "--overwrite",
-                   "--skip-existing", "--format", "--max-pixels", "--recursive"):
+                   "--skip-existing", "--format", "--max-pixels", "--recursive",
+                   "--name-suffix"):
         assert option in out
 
 
