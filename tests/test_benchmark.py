@@ -193,7 +193,7 @@ def test_canonical_command_round_trips():
     parser = argparse.ArgumentParser()
     add_bench_arguments(parser)
     args = parser.parse_args(["--sizes", "64x48", "--fractions", "0", "12.5", "--device", "cpu",
-                              "--tiled", "--width", "8"])
+                              "--tiled", "--width", "8", "--dtype", "bf16"])
     validate(args)
     again = parser.parse_args(canonical_command(args).split()[2:])
     validate(again)
@@ -202,6 +202,22 @@ def test_canonical_command_round_trips():
         {k: v for k, v in vars(args).items() if k != "specs"}
     with pytest.raises(ConfigError):
         validate(parser.parse_args(["--fractions", "120", "--device", "cpu"]))
+    with pytest.raises(ConfigError, match="dtype"):
+        validate(parser.parse_args(["--dtype", "int8", "--device", "cpu"]))
+
+
+def test_bf16_cells_run_in_bf16_and_check_with_a_half_precision_tolerance(tmp_path):
+    out = tmp_path / "bench"
+    assert main(["bench", "--models", "small-pruned", "small-dense", "--sizes", "64x48",
+                 "--fractions", "0", "50", "--repeats", "1", "--threads", "1", "--dtype", "bf16",
+                 "--width", "8", "--out", str(out)]) == 0
+    data = json.loads((out / "bench.json").read_text())
+    assert data["settings"]["dtype"] == "bf16" and "--dtype bf16" in data["command"]
+    pruned = [c for c in data["cells"] if c["model"] == "small-pruned"]
+    assert pruned and all(c["status"] == "ok" for c in pruned)
+    for cell in pruned:
+        assert cell["check"]["tolerance"] == 2e-2 and cell["check"]["ok"]
+        assert cell["check"]["max_abs_diff"] > 0  # bf16 paths round differently: not fp32
 
 
 # --------------------------------------------------------------------------- measuring

@@ -106,7 +106,7 @@ def spec_config(spec: ModelSpec, width: int | None = None):
 
 
 def build_spec_model(spec: ModelSpec, width: int | None = None, seed: int = 0,
-                     device: str = "cpu"):
+                     device: str = "cpu", dtype: str = "fp32"):
     """The eval-mode model of ``spec``: seeded random weights (same seed and architecture =
     same weights, so a pruned and a dense spec share them) or the bundled default."""
     import torch
@@ -125,4 +125,6 @@ def build_spec_model(spec: ModelSpec, width: int | None = None, seed: int = 0,
         from .halves import mask_both_halves_
 
         mask_both_halves_(model)
-    return model.to(device).eval()
+    from ..precision import resolve_dtype
+
+    return model.to(device=device, dtype=resolve_dtype(dtype, torch.device(device))).eval()

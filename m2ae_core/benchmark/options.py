@@ -40,6 +40,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                       help="skip the grid (run only --tiled / --design-study / --profile)")
     run = parser.add_argument_group("run")
     run.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    run.add_argument("--dtype", default="fp32",
+                     help="the models' precision: fp32 (default, the targets' setting), bf16 or "
+                          "fp16; inputs stay fp32 (the network casts them)")
     run.add_argument("--threads", type=int, default=None,
                      help="torch threads in every measuring process (default: torch's choice)")
     run.add_argument("--out", default=DEFAULT_OUT,
@@ -91,6 +94,11 @@ def validate(args: argparse.Namespace) -> None:
 
         if not torch.cuda.is_available():
             raise ConfigError(f"--device {args.device}: CUDA is not available here; use cpu")
+    import torch
+
+    from ..precision import resolve_dtype
+
+    resolve_dtype(args.dtype, torch.device(args.device))  # ConfigError naming the choices
     try:
         args.specs = [parse_model_spec(m) for m in args.models]
         args.size_list = [parse_size(s) for s in args.sizes]
@@ -112,6 +120,8 @@ def canonical_command(args: argparse.Namespace) -> str:
              "--repeats", str(args.repeats), "--device", args.device]
     if args.threads:
         parts += ["--threads", str(args.threads)]
+    if args.dtype != "fp32":
+        parts += ["--dtype", args.dtype]
     parts += ["--out", str(args.out)]
     if args.no_grid:
         parts.append("--no-grid")

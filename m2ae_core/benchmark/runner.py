@@ -38,6 +38,7 @@ class Bench:
         a = self.args
         return {"kind": kind, "model": model, "size": list(size), "fraction": fraction,
                 "repeats": a.repeats, "device": a.device, "threads": a.threads,
+                "dtype": a.dtype,
                 "width": a.width, "seed": a.seed, **extra}
 
     def measure(self, spec, size, fraction, **extra) -> dict:
@@ -105,6 +106,7 @@ class Bench:
     def _compare_twins(self, outputs: dict, size, fraction) -> None:
         import torch
 
+        from ..precision import resolve_dtype
         from .cell import check_result
 
         for pair in outputs.values():
@@ -114,7 +116,8 @@ class Bench:
             cell = self.find(p_name, size, fraction)
             if p_path.is_file() and d_path.is_file() and cell is not None:
                 diff = (torch.load(p_path) - torch.load(d_path)).abs().max()
-                cell["check"] = check_result(diff, d_name)
+                cell["check"] = check_result(diff, d_name, resolve_dtype(
+                    self.args.dtype, torch.device(self.args.device or "cpu")))
             for path in (p_path, d_path):
                 path.unlink(missing_ok=True)
 
@@ -220,7 +223,7 @@ def run_bench(args: argparse.Namespace) -> int:
             "machine": machine_info(args.device, args.threads),
             "settings": {"models": args.models, "fractions": args.fractions,
                          "sizes": [format_size(*s) for s in args.size_list],
-                         "repeats": args.repeats, "device": args.device,
+                         "repeats": args.repeats, "device": args.device, "dtype": args.dtype,
                          "threads": args.threads, "width": args.width, "seed": args.seed}}
     with tempfile.TemporaryDirectory(prefix="m2ae-bench-out-") as scratch:
         bench = Bench(args, Path(scratch))
