@@ -147,7 +147,10 @@ def _check_line(cells) -> dict:
     value = f"max abs diff {worst:.1e} over {len(checks)} cells"
     if unchecked:  # the dense twin of these failed: no comparison, reported, not judged
         value += f"; {unchecked} pruned cells unchecked"
-    return _line("pruned output == dense output", value, "<= 1e-4 (fp32)",
+    tolerances = sorted({c.get("tolerance", 1e-4) for c in checks})
+    target = " / ".join(f"<= {t:g}" for t in tolerances) + \
+        (" (fp32)" if tolerances == [1e-4] else " (reduced precision)")
+    return _line("pruned output == dense output", value, target,
                  all(c["ok"] for c in checks), "every pruned cell")
 
 
