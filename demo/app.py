@@ -40,13 +40,14 @@ except ImportError:  # not on a Space: run the model call directly
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from m2ae_core import M2AEError, deblur, load_model  # noqa: E402
-from m2ae_core.precision import AUTO, DTYPE_NAMES  # noqa: E402
 from m2ae_core.errors import ImageInputError  # noqa: E402
 from m2ae_core.imageio import read_image, save_image  # noqa: E402
 from m2ae_core.photo_metadata import read_metadata  # noqa: E402
+from m2ae_core.precision import resolve_dtype  # noqa: E402
 from m2ae_core.resources import EXAMPLES_DIR, example_images  # noqa: E402
 from m2ae_core.visualize import mask_overlay, trajectory_to_rgb  # noqa: E402
 
@@ -445,10 +446,11 @@ def load_demo_model(source: str | None, device: str | None, dtype: str | None = 
     """Load the weights once; on failure stop with a message instead of serving a broken page."""
     global _MODEL
     device = device or os.environ.get("M2AE_DEVICE") or default_device()
-    dtype = dtype or os.environ.get("M2AE_DTYPE") or AUTO
-    if dtype.strip().lower() not in (AUTO, *DTYPE_NAMES):
-        raise SystemExit(f"m2ae demo: cannot start: unknown dtype '{dtype}' (--dtype or "
-                         "M2AE_DTYPE); use auto, fp32, bf16 or fp16")
+    dtype = dtype or os.environ.get("M2AE_DTYPE") or "auto"
+    try:  # a bad name is the setting's fault, not the model's
+        resolve_dtype(dtype, torch.device("cpu"))
+    except M2AEError as exc:
+        raise SystemExit(f"m2ae demo: cannot start: {exc} (--dtype or M2AE_DTYPE)") from None
     try:
         _MODEL = load_model(source, device=device, dtype=dtype)
     except (M2AEError, ValueError, OSError) as exc:
@@ -471,10 +473,10 @@ def main(argv: list[str] | None = None) -> None:
     model = load_demo_model(source, args.device, args.dtype)
     where = getattr(model, "m2ae_source", source or "bundled default")
     param = next(model.parameters())
-    print(f"m2ae demo: model {where} on {param.device} ({str(param.dtype).removeprefix('torch.')}); "
+    precision = str(param.dtype).removeprefix("torch.")
+    print(f"m2ae demo: model {where} on {param.device} ({precision}); "
           f"max {max_pixels:,} pixels; concurrency {concurrency}", flush=True)
     shown = (Path(source).name if Path(source).exists() else source) if source else "bundled default"
-    precision = str(param.dtype).removeprefix("torch.")
     demo = build_demo(max_pixels=max_pixels,
                       model_note=f"model: {shown} · {param.device.type} · {precision}")
     demo.queue(default_concurrency_limit=concurrency, max_size=QUEUE_SIZE)

@@ -8,12 +8,10 @@ from pathlib import Path
 from .errors import M2AEError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".heic", ".heif"}
-# --format choices -> output suffix, and the -o suffixes that mean the same format
+# --format choices -> output suffix
 OUTPUT_FORMATS = {"png": ".png", "jpg": ".jpg", "tif": ".tif", "webp": ".webp"}
-_SAME_FORMAT = {".png": {".png"}, ".jpg": {".jpg", ".jpeg"}, ".tif": {".tif", ".tiff"},
-                ".webp": {".webp"}}
-# name endings of the pictures --save-mask / --save-trajectory write beside a result
-SIDE_OUTPUTS = ("_mask", "_trajectory")
+# the pictures --save-mask / --save-trajectory write beside a result, as <result>_<kind>.png
+SIDE_OUTPUTS = ("mask", "trajectory")
 
 
 def _fail(message: str) -> int:
@@ -29,11 +27,13 @@ def collect_tree(paths: list[str], recursive: bool = False, exclude: Path | None
     folder's walk skips ``exclude`` (the output folder) when it lies inside, and files whose
     name ends with ``result_suffix`` (--name-suffix); hidden subfolders are skipped too."""
     found: list[tuple[Path, Path]] = []
+    skipped = exclude.resolve() if exclude is not None else None
+    result_endings = tuple(result_suffix + end for end in ("", *(f"_{k}" for k in SIDE_OUTPUTS)))
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            inside = exclude is not None and exclude.resolve() != path.resolve() \
-                and exclude.resolve().is_relative_to(path.resolve())
+            root = path.resolve()
+            inside = skipped is not None and skipped != root and skipped.is_relative_to(root)
             candidates = path.rglob("*") if recursive else path.iterdir()
             for p in sorted(candidates):
                 relative = p.relative_to(path)
@@ -41,10 +41,9 @@ def collect_tree(paths: list[str], recursive: bool = False, exclude: Path | None
                     continue
                 if any(part.startswith(".") for part in relative.parts[:-1]):
                     continue
-                if inside and p.resolve().is_relative_to(exclude.resolve()):
+                if inside and p.resolve().is_relative_to(skipped):
                     continue
-                if result_suffix and p.stem.endswith(tuple(
-                        result_suffix + side for side in ("", *SIDE_OUTPUTS))):
+                if result_suffix and p.stem.endswith(result_endings):
                     continue
                 found.append((p, relative.parent))
         elif path.exists():
@@ -70,7 +69,9 @@ def plan_outputs(inputs: list[Path], out: Path, single_input_file: bool,
     if Path(name_suffix).name != name_suffix or name_suffix in (".", ".."):
         raise M2AEError(f"--name-suffix '{name_suffix}' must not contain a path separator")
     if single_input_file and out.suffix.lower() in IMAGE_SUFFIXES:
-        if suffix is not None and out.suffix.lower() not in _SAME_FORMAT[suffix]:
+        from .image_files import SAVE_FORMATS
+
+        if suffix is not None and SAVE_FORMATS.get(out.suffix.lower()) != SAVE_FORMATS[suffix]:
             raise M2AEError(f"-o '{out}' names a {out.suffix} file but --format asks for "
                             f"{suffix}; give one of them")
         targets = [out]
@@ -87,19 +88,18 @@ def plan_outputs(inputs: list[Path], out: Path, single_input_file: bool,
     return targets
 
 
-def pending_work(inputs: list[Path], targets: list[Path], overwrite: bool,
-                 skip_existing: bool) -> list[tuple[Path, Path]]:
-    """The (input, output) pairs to run. An existing output stops the run unless it is to be
+def pending_work(targets: list[Path], overwrite: bool, skip_existing: bool) -> list[int]:
+    """Indices of the outputs to write. An existing output stops the run unless it is to be
     replaced (``overwrite``) or kept (``skip_existing``: it is complete, since outputs are
     written atomically, so a run that was interrupted continues where it stopped)."""
     if overwrite:
-        return list(zip(inputs, targets))
+        return list(range(len(targets)))
     existing = [t for t in targets if t.exists()]
     if existing and not skip_existing:
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
         raise M2AEError(f"'{existing[0]}' exists{more}; pass --overwrite to replace, or "
                         "--skip-existing to keep existing results and restore the rest")
-    return [(i, t) for i, t in zip(inputs, targets) if not t.exists()]
+    return [i for i, t in enumerate(targets) if not t.exists()]
 
 
 def _side_path(target: Path, kind: str) -> Path:
@@ -125,8 +125,7 @@ def run_deblur(args: argparse.Namespace) -> int:
         suffix = OUTPUT_FORMATS[args.format] if args.format else None
         targets = plan_outputs(inputs, Path(args.output), single, suffix, subfolders,
                                args.name_suffix)
-        where = dict(zip(inputs, subfolders))
-        work = pending_work(inputs, targets, args.overwrite, args.skip_existing)
+        work = pending_work(targets, args.overwrite, args.skip_existing)
         if len(work) < len(inputs):
             print(f"m2ae: {len(inputs) - len(work)} of {len(inputs)} outputs exist already; "
                   "keeping them (--skip-existing)", file=sys.stderr)
@@ -138,10 +137,11 @@ def run_deblur(args: argparse.Namespace) -> int:
 
     bar = ProgressBar(len(work), "deblur")
     failures = 0
-    for index, (source, target) in enumerate(work):
+    for index, job in enumerate(work):
+        source, target = inputs[job], targets[job]
         try:
             image = imageio.read_image(source, max_pixels=args.max_pixels)
-            mask = _mask_for(args.mask, source, args.max_pixels, where[source])
+            mask = _mask_for(args.mask, source, args.max_pixels, subfolders[job])
             result = deblur(model, image, mask=mask, threshold=args.threshold,
                             preserve_sharp=args.preserve_sharp, tile=args.tile,
                             tile_context=args.tile_context, pruned=not args.dense,

@@ -23,14 +23,13 @@ import comfy.model_management as model_management
 import folder_paths
 import m2ae_core.weights as core_weights
 from m2ae_core import M2AENet, WeightsError, load_model
-from m2ae_core.precision import auto_dtype
+from m2ae_core.precision import resolve_dtype as core_resolve_dtype
 
 FOLDER = "m2ae"
 EXTENSIONS = {".safetensors"}
 BUNDLED = "m2ae_default (bundled)"  # never a listed file name: those end in .safetensors
 DEVICES = ["auto", "cpu", "cuda"]
 DTYPES = ["auto", "fp32", "fp16", "bf16"]
-_TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CACHE_SIZE = 2  # models kept loaded (on their offload device)
 
 
@@ -108,11 +107,9 @@ def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
     """``auto`` is m2ae_core's rule (:func:`m2ae_core.precision.auto_dtype`): bf16 on a CPU
     that computes it natively (faster, results within 0.01 dB on the benchmark), float32
     elsewhere, GPUs included. fp16/bf16 stay available on request."""
-    if choice == "auto":
-        return auto_dtype(device)
-    if choice not in _TORCH_DTYPES:
+    if choice not in DTYPES:
         raise ValueError(f"M2AE: unknown dtype '{choice}'; choose one of {DTYPES}")
-    return _TORCH_DTYPES[choice]
+    return core_resolve_dtype(choice, device)
 
 
 @dataclass

@@ -19,17 +19,13 @@ import torch
 from PIL import Image
 
 from m2ae_core import deblur, imageio, load_model
+from m2ae_core.metrics import psnr
 
 
 def centre_crop(image: Image.Image, size: int) -> Image.Image:
     side = min(size, image.width, image.height)
     left, top = (image.width - side) // 2, (image.height - side) // 2
     return image.crop((left, top, left + side, top + side))
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
 def compare(image: Image.Image, dtypes: list[str], weights: str | None, repeats: int) -> list[dict]:

@@ -116,8 +116,8 @@ class Bench:
             cell = self.find(p_name, size, fraction)
             if p_path.is_file() and d_path.is_file() and cell is not None:
                 diff = (torch.load(p_path) - torch.load(d_path)).abs().max()
-                cell["check"] = check_result(diff, d_name, resolve_dtype(
-                    self.args.dtype, torch.device(self.args.device or "cpu")))
+                cell["check"] = check_result(
+                    diff, d_name, resolve_dtype(self.args.dtype, torch.device(self.args.device)))
             for path in (p_path, d_path):
                 path.unlink(missing_ok=True)
 

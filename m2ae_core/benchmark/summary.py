@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 
+from .cell import CHECK_TOLERANCE
+
 TARGET_SIZE = "2152x1436"
 TARGET_FRACTION = 10
 MACS_RATIO_MAX = 0.82
@@ -147,9 +149,9 @@ def _check_line(cells) -> dict:
     value = f"max abs diff {worst:.1e} over {len(checks)} cells"
     if unchecked:  # the dense twin of these failed: no comparison, reported, not judged
         value += f"; {unchecked} pruned cells unchecked"
-    tolerances = sorted({c.get("tolerance", 1e-4) for c in checks})
+    tolerances = sorted({c.get("tolerance", CHECK_TOLERANCE) for c in checks})
     target = " / ".join(f"<= {t:g}" for t in tolerances) + \
-        (" (fp32)" if tolerances == [1e-4] else " (reduced precision)")
+        (" (fp32)" if tolerances == [CHECK_TOLERANCE] else " (reduced precision)")
     return _line("pruned output == dense output", value, target,
                  all(c["ok"] for c in checks), "every pruned cell")
 
