@@ -76,32 +76,44 @@ def deform_conv_rows(rows: torch.Tensor, shape: tuple[int, int, int], batch_inde
     sum in one kernel, reading only the Q*36 rows it needs (no copy of the feature map).
     ``border`` [C]: the value the map takes outside the image (default zero).
     """
-    if rows.dtype in (torch.float16, torch.bfloat16):  # half-precision coordinates lose pixels
+    half = rows.dtype in (torch.float16, torch.bfloat16)
+    if half and torch.is_grad_enabled():
+        # Training under autocast: all in fp32, so that the trajectory's gradients through
+        # the bilinear weights keep their precision.
         return deform_conv_rows(rows.float(), shape, batch_index, ys, xs, start.float(),
                                 end.float(), weight.float(), bias.float(),
                                 None if border is None else border.float()).to(rows.dtype)
+    # Coordinates, bilinear weights and the nine-tap sum in fp32 (half-precision coordinates
+    # lose pixels); the feature rows are read where they are, in their own precision: a fp32
+    # copy of the whole map cost more than the sampling itself.
+    compute = torch.float32 if half else rows.dtype
     _, h, w = shape
-    offsets = trajectory_instants(start, end, weight.shape[1])  # [Q,9,2]
-    sample_x = xs.to(rows.dtype).unsqueeze(1) + offsets[..., 0]
-    sample_y = ys.to(rows.dtype).unsqueeze(1) + offsets[..., 1]
+    offsets = trajectory_instants(start.to(compute), end.to(compute), weight.shape[1])  # [Q,9,2]
+    sample_x = xs.to(compute).unsqueeze(1) + offsets[..., 0]
+    sample_y = ys.to(compute).unsqueeze(1) + offsets[..., 1]
     corner_rows, corner_weights = bilinear_taps(sample_y, sample_x, h, w,
                                                 batch_index.unsqueeze(1))  # [Q,9,4]
-    tap_weights = weight.t().contiguous()  # [9, C]: one contiguous row per tap
-    out = bias.expand(batch_index.numel(), -1).clone()
+    tap_weights = weight.to(compute).t().contiguous()  # [9, C]: one contiguous row per tap
+    out = bias.to(compute).expand(batch_index.numel(), -1).clone()
+    # embedding_bag needs its per-sample weights in the rows' dtype
+    sample_weights = corner_weights.to(rows.dtype)
     # Inference goes through the pixels in cache-sized chunks: over all Q at once, each of
     # the nine taps streamed its product and the accumulator through memory.
+    if border is not None:  # the share of each tap that fell outside reads ``border``
+        outside = 1.0 - corner_weights.sum(-1)  # [Q,9]
+        border_taps = tap_weights * border.to(compute)  # [9, C]
     step = out.shape[0] if torch.is_grad_enabled() else cache_chunk(out.shape[1])
     for begin in range(0, out.shape[0], step):
         chunk = slice(begin, begin + step)
         for tap in range(weight.shape[1]):
             sampled = F.embedding_bag(corner_rows[chunk, tap], rows, mode="sum",
-                                      per_sample_weights=corner_weights[chunk, tap])
+                                      per_sample_weights=sample_weights[chunk, tap])
             # In place also under autograd: addcmul's backward needs only its inputs.
             out[chunk].addcmul_(sampled, tap_weights[tap])
-    if border is not None:  # the share of each tap that fell outside reads ``border``
-        outside = 1.0 - corner_weights.sum(-1)  # [Q,9]
-        out.addcmul_(outside @ tap_weights, border)
-    return out
+        if border is not None:
+            # per chunk, while it is in cache (one product over all Q cost 2-3x the sampling)
+            out[chunk].addmm_(outside[chunk], border_taps)
+    return out.to(rows.dtype)
 
 
 def deform_conv_all(x: torch.Tensor, start: torch.Tensor, end: torch.Tensor,

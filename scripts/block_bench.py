@@ -1,7 +1,7 @@
 """Time one stage-4 block of the `paper` preset, M2AS (pruned) against NAFNet, part by part.
 
     GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python scripts/block_bench.py [--threads 2] \
-        [--fraction 10] [--repeats 15]
+        [--fraction 10] [--repeats 15] [--dtype bf16]
 
 (the allocator policy of the m2ae CLI and benchmark: huge pages, 1 MiB mmap threshold)
 
@@ -23,6 +23,7 @@ from m2ae_core.memory import return_freed_memory_promptly
 from m2ae_core.layers import NAFBlock, simple_gate
 from m2ae_core.m2as import M2ASBlock
 from m2ae_core.masked_conv import PrunePlan
+from m2ae_core.precision import resolve_dtype
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--channels", type=int, default=256)
     parser.add_argument("--size", default="180x270", help="stage grid HxW")
+    parser.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
     args = parser.parse_args()
     return_freed_memory_promptly()
     torch.set_num_threads(args.threads)
@@ -50,10 +52,13 @@ def main() -> None:
     c = args.channels
     naf, m2as = NAFBlock(c).eval(), M2ASBlock(c).eval()
     activate_all_branches_(naf), activate_all_branches_(m2as)
-    x = torch.randn(1, h, w, c).permute(0, 3, 1, 2)  # channels-last, as inside the network
+    dtype = resolve_dtype(args.dtype, torch.device("cpu"))
+    naf, m2as = naf.to(dtype), m2as.to(dtype)
+    # channels-last, as inside the network
+    x = torch.randn(1, h, w, c).permute(0, 3, 1, 2).to(dtype)
     mask = blob_mask(h, w, args.fraction / 100, seed=1).view(1, 1, h, w).bool()
-    start = torch.randn(1, 2, h, w) * 2 * mask
-    end = torch.randn(1, 2, h, w) * 2 * mask
+    start = (torch.randn(1, 2, h, w) * 2 * mask).to(dtype)
+    end = (torch.randn(1, 2, h, w) * 2 * mask).to(dtype)
     plan = PrunePlan.from_mask(mask)
 
     with torch.inference_mode():
@@ -82,7 +87,7 @@ def main() -> None:
             "conv5": lambda: m2as.conv5(simple_gate(f4)),
         }
         print(f"{h}x{w} grid, {c} channels, {plan.masked / plan.total:.1%} masked "
-              f"({plan.dilated / plan.total:.1%} dilated), {args.threads} threads")
+              f"({plan.dilated / plan.total:.1%} dilated), {args.threads} threads, {dtype}")
         for name, fn in parts.items():
             print(f"{name:32s} {median_ms(fn, args.repeats):8.1f} ms")
 

@@ -275,6 +275,39 @@ def test_half_precision_samples_with_full_precision_coordinates():
     assert out[0, 0, 0].float().argmax().item() == 517
 
 
+def test_half_precision_rows_are_sampled_at_full_precision_coordinates():
+    """Inference reads bf16 feature rows in place (no fp32 copy of the map) while the
+    coordinates, bilinear weights and tap sums stay fp32: pixel 517 of a 600-wide row is
+    found, and the result matches the fp32 one to bf16's precision, border included."""
+    row_map = torch.zeros(600, 1)
+    row_map[517] = 1.0
+    weight, bias = torch.zeros(1, 9), torch.zeros(1)
+    weight[0, 4] = 1.0  # the middle instant: zero displacement
+    cols = torch.arange(600)
+    zero = torch.zeros(600, 2)
+    with torch.inference_mode():
+        out = deform_conv_rows(row_map.bfloat16(), (1, 1, 600), cols * 0, cols * 0, cols, zero,
+                               zero, weight, bias)
+    assert out.dtype == torch.bfloat16
+    assert out[:, 0].float().argmax().item() == 517
+
+    torch.manual_seed(6)
+    b, c, h, w = 1, 16, 12, 300
+    x = torch.randn(b, c, h, w)
+    start, end = torch.randn(b, 2, h, w) * 4, torch.randn(b, 2, h, w) * 4
+    weight, bias, border = torch.randn(c, 9), torch.randn(c), torch.randn(c)
+    grid = torch.arange(h * w)
+    args = (grid * 0, grid // w, grid % w, pixel_rows(start), pixel_rows(end))
+    with torch.inference_mode():
+        full = deform_conv_rows(pixel_rows(x), (b, h, w), *args, weight, bias, border=border)
+        half = deform_conv_rows(pixel_rows(x).bfloat16(), (b, h, w), *args, weight, bias,
+                                border=border)
+    assert half.dtype == torch.bfloat16
+    # bf16 rounds each sampled value to 8 bits; nine taps of that stay well under 0.1
+    assert (half.float() - full).abs().max() < 0.1
+    assert (half.float() - full).abs().mean() < 0.01
+
+
 def test_deform_rows_border_value_is_read_outside_the_image():
     torch.manual_seed(4)
     b, c, h, w = 1, 6, 9, 11

@@ -90,7 +90,8 @@ def profile_cell(task: dict) -> dict:
     device = task.get("device", "cpu")
     spec = parse_model_spec(task["model"])
     height, width = task["size"]
-    model = build_spec_model(spec, task.get("width"), task.get("seed", 0), device)
+    model = build_spec_model(spec, task.get("width"), task.get("seed", 0), device,
+                             task.get("dtype", "fp32"))
     image, mask = make_inputs(height, width, task.get("fraction") if spec.uses_mask else None,
                               device, task.get("seed", 0))
     pruned = spec.mode != "dense"
@@ -113,6 +114,7 @@ def profile_cell(task: dict) -> dict:
         for name, fn in originals.items():
             setattr(m2as, name, fn)
     return {"status": "ok", "forward_s": total, "device": device,
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
             **breakdown(prof.key_averages(), set(labels), total, cuda)}
 
 

@@ -147,7 +147,7 @@ def profile_lines(profile: dict) -> list[str]:
     if profile.get("status") != "ok":
         return ["", "## Profile", "", f"failed: {profile.get('error')}"]
     out = ["", f"## Profile: {profile['model']}, {profile['size_label']}, "
-               f"{profile['fraction']:g} % blur", "",
+               f"{profile['fraction']:g} % blur, {profile.get('dtype', 'fp32')}", "",
            f"One forward under torch.profiler: {profile['forward_s']:.3g} s "
            f"(profiling adds overhead). Parts (inclusive time; they nest):", ""]
     out += _table(["part", "calls", "seconds", "share"],
