@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .banded import naf_block_banded, wants_bands
+
 
 class LayerNorm2d(nn.Module):
     """Layer norm over the channel axis of an NCHW tensor (NAFNet's LayerNorm2d)."""
@@ -128,6 +130,8 @@ class NAFBlock(nn.Module):
         return self.conv3(f * self.sca(f))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if wants_bands(x, self.conv1.out_channels):  # large map at inference: less memory
+            return naf_block_banded(self, x)
         mid = x + self.beta * self.spatial_mix(x)
         f = simple_gate(self.conv4(self.norm2(mid)))
         return mid + self.gamma * self.conv5(f)

@@ -211,7 +211,9 @@ class M2ASBlock(NAFBlock):
                 f5 = self.gated_deform_pruned(f4, plan, start, end)
             else:
                 f5 = simple_gate(self.dconv(f4, start, end))
-        return mid + self.gamma * self.conv5(f5)
+        update = self.conv5(f5)
+        del f5  # at inference a view of the 2C-channel folded map: freed before the sum
+        return torch.addcmul(mid, self.gamma, update)
 
     def folded_deform_pruned(self, normed, plan: PrunePlan, start, end) -> torch.Tensor | None:
         """``gated_deform_pruned(conv4(normed), ...)`` with the deformable conv's static
@@ -235,30 +237,38 @@ class M2ASBlock(NAFBlock):
         inner = self.conv4.out_channels
         rows = F.linear(pixel_rows(normed), self.conv4.weight.view(inner, c) * gain[:, None],
                         torch.addcmul(folded_bias, self.conv4.bias, gain))
-        gated = simple_gate(rows)
-        unfolded = (~folded).nonzero().squeeze(1)
-        if unfolded.numel():  # their outputs still need the affine before the gate
-            out = torch.unique(unfolded % c)
-            pair = torch.cat((out, out + c))
-            both = torch.addcmul(kept_bias[pair], rows[:, pair], (scale / gain)[pair])
-            gated[:, out] = simple_gate(both)
+        del normed  # not needed any more: one C-channel map less at the stage's peak
+        # Everything that reads the folded map comes first: the gate below is computed in
+        # place into the map's first half (no C-channel map of its own).
+        sampled = None
         if plan.masked:
             sampled = deform_conv_rows(rows, (b, h, w), plan.item, plan.row, plan.col,
                                        start[plan.item, :, plan.row, plan.col],
                                        end[plan.item, :, plan.row, plan.col],
                                        taps / gain[:, None], kept_bias, border=folded_bias)
+        unfolded = (~folded).nonzero().squeeze(1)
+        if unfolded.numel():  # their outputs still need the affine before the gate
+            out = torch.unique(unfolded % c)
+            pair = torch.cat((out, out + c))
+            both = torch.addcmul(kept_bias[pair], rows[:, pair], (scale / gain)[pair])
+        gated = rows[:, :c].mul_(rows[:, c:])
+        if unfolded.numel():
+            gated[:, out] = simple_gate(both)
+        if sampled is not None:
             gated.index_copy_(0, plan.mask_index, simple_gate(sampled).to(gated.dtype))
         return gated.view(b, h, w, c).permute(0, 3, 1, 2)
 
     def masked_spatial_mix(self, x: torch.Tensor, mask: torch.Tensor,
                            plan: PrunePlan | None = None) -> torch.Tensor:
         """First half with its residual: the mask-aware conv, pruned when ``plan`` is given."""
-        f1 = self.norm1(x)
         if plan is not None:
-            f3 = masked_gated_conv_pruned(f1, plan, self.conv1, self.conv2)
+            f3 = masked_gated_conv_pruned(self.norm1(x), plan, self.conv1, self.conv2)
         else:
-            f3 = simple_gate(masked_conv_dense(f1, mask, self.conv1, self.conv2))
-        return x + self.beta * self.conv3(f3 * self.sca(f3))
+            f3 = simple_gate(masked_conv_dense(self.norm1(x), mask, self.conv1, self.conv2))
+        if torch.is_grad_enabled():  # autograd needs f3 itself for the attention's gradient
+            return x + self.beta * self.conv3(f3 * self.sca(f3))
+        # inference: in place and fused, two C-channel maps fewer alive at once
+        return torch.addcmul(x, self.beta, self.conv3(f3.mul_(self.sca(f3))))
 
     def gated_deform_pruned(self, f4, plan: PrunePlan, start, end) -> torch.Tensor:
         """``simple_gate(dconv(f4, start, end))`` [B,C,H,W] for a gated trajectory, sampled on

@@ -23,7 +23,7 @@ import os
 import sys
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
-DEFAULT_THRESHOLD = 1 << 20
+DEFAULT_THRESHOLD = 16 << 20
 ENV_OVERRIDE = "MALLOC_MMAP_THRESHOLD_"  # glibc's own tunable; a user's choice wins
 TUNABLES = "GLIBC_TUNABLES"
 HUGE_PAGES = "glibc.malloc.hugetlb=1"
@@ -40,7 +40,21 @@ def return_freed_memory_promptly(threshold: int = DEFAULT_THRESHOLD) -> bool:
     except (OSError, AttributeError):  # musl and others have no mallopt
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    return mallopt(M_MMAP_THRESHOLD, int(threshold)) == 1
+    global _POLICY_APPLIED
+    _POLICY_APPLIED = mallopt(M_MMAP_THRESHOLD, int(threshold)) == 1
+    return _POLICY_APPLIED
+
+
+_POLICY_APPLIED = False  # set once this process opted in: only then does release_free_heap act
+
+
+def release_free_heap() -> None:
+    """Hand the heap's free pages back to the OS (glibc ``malloc_trim``), in a process that
+    applied :func:`return_freed_memory_promptly`; elsewhere nothing. The network calls it
+    after a stage whose temporaries were heap-sized: freed in between longer-lived blocks,
+    they would stay resident, and the following stages' peak would sit on top of them."""
+    if _POLICY_APPLIED:
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def _glibc() -> bool:

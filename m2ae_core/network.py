@@ -7,8 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .banded import upsample_add_banded, wants_bands
 from .config import M2AEConfig, get_config
 from .layers import Conv1x1, NAFBlock
+from .memory import release_free_heap
 from .m2as import BlurEvidence, M2ASStage, StageOutput
 from .shake import looks_shaken
 
@@ -137,6 +139,7 @@ class M2AENet(nn.Module):
                 x, info = encoder(x, stage_masks.get(encoder.stage), threshold, pruned, evidence,
                                   shaken)
                 stages.append(info)
+                release_free_heap()  # the stage's index tables and row blocks, freed
                 if stages_only and len(stages) == len(self.config.m2as_stages):
                     return NetworkOutput(None, stages)
             else:
@@ -147,7 +150,10 @@ class M2AENet(nn.Module):
         for decoder, up in zip(self.decoders, self.ups):
             # pop: each skip is freed once added, instead of all living until the last decoder
             # (at full resolution that held ~0.9 of a full-size feature map for nothing)
-            x = decoder(up(x) + skips.pop())
+            skip = skips.pop()
+            release_free_heap()
+            x = decoder(upsample_add_banded(up, x, skip) if wants_bands(x, 2 * x.shape[1])
+                        else up(x) + skip)
         if image.dtype == padded.dtype:
             x = self.ending(x) + padded
         else:

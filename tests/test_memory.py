@@ -7,9 +7,10 @@ import pytest
 
 from m2ae_core.memory import return_freed_memory_promptly
 
-# Frees a 16 MiB block (without the policy glibc then raises its mmap threshold above
-# 4 MiB), then holds a 4 MiB block; prints whether that block was mmapped (mallinfo2: bytes
-# in mmapped blocks), i.e. whether freeing it will hand it back to the OS at once.
+# Frees a 30 MiB block (without the policy glibc then raises its mmap threshold to 30 MiB;
+# it does so for blocks up to 32 MiB), then holds a 24 MiB block, a feature map above the
+# policy's 16 MiB threshold; prints whether that block was mmapped (mallinfo2: bytes in mmapped
+# blocks), i.e. whether freeing it will hand it back to the OS at once.
 SCENARIO = r"""
 import ctypes, sys, torch
 from m2ae_core.memory import return_freed_memory_promptly
@@ -20,10 +21,10 @@ class MallInfo2(ctypes.Structure):
                  "uordblks", "fordblks", "keepcost")]
 mallinfo2 = ctypes.CDLL(None).mallinfo2
 mallinfo2.restype = MallInfo2
-big = torch.ones(4 << 20); del big
+big = torch.ones(30 << 18); del big
 before = mallinfo2().hblkhd
-block = torch.ones(1 << 20)
-print(applied, mallinfo2().hblkhd - before >= 4 << 20)
+block = torch.ones(6 << 20)
+print(applied, mallinfo2().hblkhd - before >= 24 << 20)
 """
 
 
@@ -161,3 +162,40 @@ def test_the_lazy_package_still_offers_its_names_and_submodules():
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok module 'm2ae_core' has no attribute 'no_such_name'"
+
+
+# Heap-sized temporaries (8 MiB, under the policy's threshold) freed between small blocks that
+# stay alive: the holes stay resident until release_free_heap() hands them back. Prints the
+# resident MiB it gave back.
+TRIM_SCENARIO = r"""
+import sys, torch
+from m2ae_core import memory
+if sys.argv[1] == "on":
+    memory.return_freed_memory_promptly()
+def rss_mib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+temporaries, keep = [], []
+for _ in range(12):
+    temporaries.append(torch.ones(2 << 20))  # 8 MiB
+    keep.append(torch.ones(1024))  # a small long-lived block above it in the heap
+del temporaries
+before = rss_mib()
+memory.release_free_heap()
+print(round(before - rss_mib()))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc/proc behaviour")
+def test_release_free_heap_returns_holes_only_under_the_policy():
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    if not memory._glibc():
+        pytest.skip("not a glibc system: the policy does not apply")
+
+    def released(mode):
+        return int(subprocess.run([sys.executable, "-c", TRIM_SCENARIO, mode], capture_output=True,
+                                  text=True, env=env, check=True).stdout)
+
+    assert released("on") >= 32  # a good part of the 96 MiB of holes
+    assert released("off") == 0  # a process that did not opt in is left alone

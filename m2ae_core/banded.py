@@ -1,0 +1,84 @@
+"""Inference on large feature maps in bands of rows: the same values, less memory.
+
+A NAFNet block run whole holds its input, the 2C-channel 1x1 output and the 2C-channel
+depthwise output at once: five C-channel maps, at full resolution the network's peak. Almost
+all of the block is per-pixel, and its one 3x3 convolution needs a single row of context above
+and below, so it can run band by band: only the input and one C-channel result map are ever
+whole (plus band-sized temporaries). The block's channel attention pools over the whole image
+and is the only step that has to wait for every band.
+
+Only for inference (no autograd graph is kept for bands) and only where a map spans more than
+one band; small maps take the ordinary path.
+"""
+from __future__ import annotations
+
+import torch
+
+# Bytes of one band's widest (2C-channel) temporary. Big enough that the extra row of 1x1
+# work above and below each band stays small (a few %), small enough to stay in the CPU's
+# last-level cache. GPUs get bigger bands: each band is a few kernel launches.
+CPU_BAND_BYTES = 8 << 20
+CUDA_BAND_BYTES = 256 << 20
+MIN_BAND_ROWS = 8
+
+
+def band_rows(x: torch.Tensor, channels: int, band_bytes: int | None = None) -> int:
+    """Rows per band for a map shaped like ``x`` [B,*,H,W] whose widest temporary has
+    ``channels`` channels; ``x.shape[2]`` (one band: the whole map) when it is small."""
+    b, _, h, w = x.shape
+    if band_bytes is None:
+        band_bytes = CUDA_BAND_BYTES if x.device.type == "cuda" else CPU_BAND_BYTES
+    row_bytes = max(1, b * w * channels * x.element_size())
+    return min(h, max(MIN_BAND_ROWS, band_bytes // row_bytes))
+
+
+def wants_bands(x: torch.Tensor, channels: int) -> bool:
+    """Banded evaluation pays: inference (no autograd) on a map of more than one band."""
+    return not torch.is_grad_enabled() and band_rows(x, channels) < x.shape[2]
+
+
+def _bands(height: int, rows: int):
+    for top in range(0, height, rows):
+        yield top, min(top + rows, height)
+
+
+def _gate(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """NAFNet's SimpleGate (product of the two channel halves), optionally into ``out``."""
+    a, b = x.chunk(2, dim=1)
+    return torch.mul(a, b, out=out) if out is not None else a * b
+
+
+def naf_block_banded(block, x: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+    """``block(x)`` for a :class:`~m2ae_core.layers.NAFBlock`, band by band (inference).
+
+    Pass 1 writes the gated depthwise output of every band into one C-channel map; the
+    channel attention then pools it whole; pass 2 finishes each band in place in that map
+    (both halves' residuals included), which becomes the result.
+    """
+    _, _, h, _ = x.shape
+    rows = rows or band_rows(x, block.conv1.out_channels)
+    out = torch.empty_like(x)
+    for top, bottom in _bands(h, rows):
+        # the depthwise 3x3 needs one row of 1x1 output above and below the band; at the
+        # image's edges its own zero padding stands in, as in the whole-map evaluation
+        above, below = max(top - 1, 0), min(bottom + 1, h)
+        wide = block.conv2(block.conv1(block.norm1(x[:, :, above:below])))
+        _gate(wide[:, :, top - above:bottom - above], out=out[:, :, top:bottom])
+    attention = block.sca(out)
+    for top, bottom in _bands(h, rows):
+        band = out[:, :, top:bottom]
+        mid = x[:, :, top:bottom] + block.beta * block.conv3(band * attention)
+        mid += block.gamma * block.conv5(_gate(block.conv4(block.norm2(mid))))
+        band.copy_(mid)
+    return out
+
+
+def upsample_add_banded(up, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """``up(x) + skip`` for a per-pixel upsampler (1x1 conv then pixel shuffle), written into
+    ``skip`` band by band: the full-size upsampled map and the sum never exist on their own.
+    ``skip`` is consumed (inference, where the caller holds it for this sum only)."""
+    scale = skip.shape[2] // x.shape[2]
+    rows = band_rows(x, x.shape[1] * 2)
+    for top, bottom in _bands(x.shape[2], rows):
+        skip[:, :, top * scale:bottom * scale] += up(x[:, :, top:bottom])
+    return skip

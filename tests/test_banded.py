@@ -1,0 +1,92 @@
+"""Row-band inference (m2ae_core/banded.py): same values as the whole-map path, less memory."""
+import pytest
+import torch
+
+from m2ae_core import banded
+from m2ae_core.benchmark.workload import activate_all_branches_
+from m2ae_core.layers import NAFBlock
+from m2ae_core.network import build_model
+
+
+def _whole(block, x):
+    """The block's ordinary path (autograd on, so no banding), detached."""
+    with torch.enable_grad():
+        return block(x).detach()
+
+
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
+@pytest.mark.parametrize("batch, height, width", [(1, 37, 23), (2, 20, 9)])
+@pytest.mark.parametrize("rows", [1, 3, 8, 64])
+def test_banded_block_equals_the_whole_map(memory_format, batch, height, width, rows):
+    torch.manual_seed(0)
+    block = activate_all_branches_(NAFBlock(16).eval())
+    x = torch.randn(batch, 16, height, width).contiguous(memory_format=memory_format)
+    with torch.inference_mode():
+        out = banded.naf_block_banded(block, x, rows)
+    # band edges, image edges (the depthwise conv's zero padding) and the whole-image pooled
+    # attention all agree with the ordinary evaluation
+    torch.testing.assert_close(out, _whole(block, x), atol=1e-5, rtol=1e-5)
+    assert out.is_contiguous(memory_format=memory_format)
+
+
+def test_banded_block_in_bfloat16():
+    torch.manual_seed(1)
+    block = activate_all_branches_(NAFBlock(16).eval()).bfloat16()
+    x = torch.randn(1, 16, 30, 17).bfloat16().contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        out = banded.naf_block_banded(block, x, 4)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), _whole(block, x).float(), atol=3e-2, rtol=2e-2)
+
+
+def test_band_rows_follow_the_byte_budget():
+    x = torch.zeros(1, 32, 1000, 500)
+    row = 500 * 64 * 4  # bytes of one row of the 64-channel temporary
+    assert banded.band_rows(x, 64, band_bytes=20 * row) == 20
+    assert banded.band_rows(x, 64, band_bytes=1) == banded.MIN_BAND_ROWS
+    assert banded.band_rows(x, 64, band_bytes=10 ** 12) == 1000  # one band: the whole map
+
+
+def test_bands_only_at_inference_on_large_maps(monkeypatch):
+    x = torch.zeros(1, 8, 100, 10)
+    monkeypatch.setattr(banded, "CPU_BAND_BYTES", 10 * 10 * 16 * 4)  # 10 rows per band
+    with torch.inference_mode():
+        assert banded.wants_bands(x, 16)
+        assert not banded.wants_bands(x[:, :, :10], 16)  # one band: the ordinary path
+    with torch.enable_grad():
+        assert not banded.wants_bands(x, 16)  # training keeps its graph
+
+
+def test_upsample_add_banded_equals_the_sum():
+    torch.manual_seed(2)
+    model = build_model("small").eval()
+    up = model.ups[-1]
+    channels = up[0].in_channels
+    x = torch.randn(1, channels, 11, 7).contiguous(memory_format=torch.channels_last)
+    skip = torch.randn(1, channels // 2, 22, 14).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        expected = up(x) + skip
+        out = banded.upsample_add_banded(up, x, skip.clone())
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("preset", ["small", "paper"])
+def test_whole_network_with_bands_equals_it_without(monkeypatch, preset):
+    """Every full-resolution block, the upsampling adds and (for NAF stages) the low-resolution
+    blocks run in bands of a few rows; the restored image is unchanged, mask path included."""
+    torch.manual_seed(3)
+    model = activate_all_branches_(build_model(preset, width=8).eval())
+    image = torch.rand(1, 3, 64, 48)
+    mask = torch.zeros(1, 1, 64, 48, dtype=torch.bool)
+    mask[..., 20:40, 10:30] = True
+    with torch.inference_mode():
+        monkeypatch.setattr(banded, "CPU_BAND_BYTES", 10 ** 12)  # never banded
+        whole = model(image, mask=mask).image
+        monkeypatch.setattr(banded, "CPU_BAND_BYTES", 1)  # bands of MIN_BAND_ROWS rows
+        calls = []
+        original = banded.naf_block_banded
+        monkeypatch.setattr("m2ae_core.layers.naf_block_banded",
+                            lambda *a, **k: calls.append(1) or original(*a, **k))
+        in_bands = model(image, mask=mask).image
+    assert calls, "no block ran in bands"
+    torch.testing.assert_close(in_bands, whole, atol=1e-5, rtol=1e-5)
