@@ -13,6 +13,9 @@ from torch import nn
 from .layers import cache_chunk, pixel_rows
 from .trajectory import trajectory_instants
 
+# Pixels whose bilinear corners are computed at once at inference (~7 MB of indices and weights)
+CORNER_BLOCK = 16384
+
 
 def _normalise(coord: torch.Tensor, size: int) -> torch.Tensor:
     """Pixel coordinate -> grid_sample's [-1, 1] range (align_corners=False)."""
@@ -87,33 +90,50 @@ def deform_conv_rows(rows: torch.Tensor, shape: tuple[int, int, int], batch_inde
     # lose pixels); the feature rows are read where they are, in their own precision: a fp32
     # copy of the whole map cost more than the sampling itself.
     compute = torch.float32 if half else rows.dtype
-    _, h, w = shape
-    offsets = trajectory_instants(start.to(compute), end.to(compute), weight.shape[1])  # [Q,9,2]
-    sample_x = xs.to(compute).unsqueeze(1) + offsets[..., 0]
-    sample_y = ys.to(compute).unsqueeze(1) + offsets[..., 1]
-    corner_rows, corner_weights = bilinear_taps(sample_y, sample_x, h, w,
-                                                batch_index.unsqueeze(1))  # [Q,9,4]
     tap_weights = weight.to(compute).t().contiguous()  # [9, C]: one contiguous row per tap
+    border_taps = None if border is None else tap_weights * border.to(compute)  # [9, C]
     out = bias.to(compute).expand(batch_index.numel(), -1).clone()
-    # embedding_bag needs its per-sample weights in the rows' dtype
-    sample_weights = corner_weights.to(rows.dtype)
-    # Inference goes through the pixels in cache-sized chunks: over all Q at once, each of
-    # the nine taps streamed its product and the accumulator through memory.
-    if border is not None:  # the share of each tap that fell outside reads ``border``
-        outside = 1.0 - corner_weights.sum(-1)  # [Q,9]
-        border_taps = tap_weights * border.to(compute)  # [9, C]
-    step = out.shape[0] if torch.is_grad_enabled() else cache_chunk(out.shape[1])
-    for begin in range(0, out.shape[0], step):
-        chunk = slice(begin, begin + step)
-        for tap in range(weight.shape[1]):
-            sampled = F.embedding_bag(corner_rows[chunk, tap], rows, mode="sum",
-                                      per_sample_weights=sample_weights[chunk, tap])
-            # In place also under autograd: addcmul's backward needs only its inputs.
-            out[chunk].addcmul_(sampled, tap_weights[tap])
-        if border is not None:
-            # per chunk, while it is in cache (one product over all Q cost 2-3x the sampling)
-            out[chunk].addmm_(outside[chunk], border_taps)
+    # Inference: corners for blocks of pixels (their indices and weights take 432 bytes per
+    # pixel, several feature maps' worth over a whole stage), taps over cache-sized chunks
+    # of each block (over all pixels at once, each of the nine taps streamed its product and
+    # the accumulator through memory).
+    grad = torch.is_grad_enabled()
+    block = out.shape[0] if grad else CORNER_BLOCK
+    step = out.shape[0] if grad else cache_chunk(out.shape[1])
+    for first in range(0, out.shape[0], block):
+        part = slice(first, first + block)
+        corner_rows, corner_weights = sample_corners(
+            shape, batch_index[part], ys[part], xs[part], start[part].to(compute),
+            end[part].to(compute), weight.shape[1])  # [q,9,4]
+        # embedding_bag needs its per-sample weights in the rows' dtype
+        sample_weights = corner_weights.to(rows.dtype)
+        # the share of each tap that fell outside the image reads ``border``
+        outside = None if border is None else 1.0 - corner_weights.sum(-1)  # [q,9]
+        pixels = corner_rows.shape[0]
+        for begin in range(0, pixels, step):
+            chunk = slice(begin, min(begin + step, pixels))
+            target = out[first + chunk.start:first + chunk.stop]
+            for tap in range(weight.shape[1]):
+                sampled = F.embedding_bag(corner_rows[chunk, tap], rows, mode="sum",
+                                          per_sample_weights=sample_weights[chunk, tap])
+                # In place also under autograd: addcmul's backward needs only its inputs.
+                target.addcmul_(sampled, tap_weights[tap])
+            if outside is not None:
+                # per chunk, while it is in cache (one product over all Q cost 2-3x the sampling)
+                target.addmm_(outside[chunk], border_taps)
     return out.to(rows.dtype)
+
+
+def sample_corners(shape: tuple[int, int, int], batch_index: torch.Tensor, ys: torch.Tensor,
+                   xs: torch.Tensor, start: torch.Tensor, end: torch.Tensor, taps: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bilinear corners (row index, weight; each [Q, taps, 4]) of every tap of the trajectory
+    sampled at Q pixels (batch_index/ys/xs [Q], start/end [Q,2] in the coordinates' dtype)."""
+    _, h, w = shape
+    offsets = trajectory_instants(start, end, taps)  # [Q,taps,2]
+    sample_x = xs.to(offsets.dtype).unsqueeze(1) + offsets[..., 0]
+    sample_y = ys.to(offsets.dtype).unsqueeze(1) + offsets[..., 1]
+    return bilinear_taps(sample_y, sample_x, h, w, batch_index.unsqueeze(1))
 
 
 def deform_conv_all(x: torch.Tensor, start: torch.Tensor, end: torch.Tensor,

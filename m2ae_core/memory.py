@@ -2,11 +2,19 @@
 
 After a large block is freed, glibc raises its mmap threshold (up to 32 MiB), so later feature
 maps below that size come from the heap; freed, they fragment it and stay in the process's
-resident memory. Serving every allocation of 1 MiB or more by mmap hands each freed feature
+resident memory. Serving every allocation of 16 MiB or more by mmap hands each freed feature
 map back to the OS at once: lower, repeatable peak memory for the same computation.
 
-The price is that every new tensor of 1 MiB or more is fresh memory, faulted in 4 KiB pages:
-about 30 % of a CPU forward here. glibc's tunable ``glibc.malloc.hugetlb=1`` asks for
+Below the threshold stay the temporaries of inference in bands of rows (:mod:`.banded`, ~8 MiB
+each): they are reused from the heap. Served by mmap (the threshold was 1 MiB until session
+18), every band's temporaries were fresh memory the kernel had to fault in and zero, and a
+banded block took twice as long as the whole-map one (1710 vs 880 ms for a full-resolution
+`paper` block at 2152x1436, fp32, 2 threads); from the heap it takes 560 ms. The heap's holes
+that such temporaries leave between longer-lived blocks are handed back by
+:func:`release_free_heap` between the network's stages.
+
+Every new tensor above the threshold is still fresh memory, faulted in 4 KiB pages: about
+30 % of a CPU forward here. glibc's tunable ``glibc.malloc.hugetlb=1`` asks for
 transparent huge pages on those mappings (2 MiB faults): measured on this 2-core CPU at
 1280x720, one thread, the pruned ``paper`` forward went from 13.8 s to 8.9 s at the same peak
 memory (1042 -> 1045 MiB). Tunables are read when the process starts, so

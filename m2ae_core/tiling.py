@@ -18,9 +18,10 @@ AUTO_TILE_STEP = 256
 AUTO_TILE_MIN = 512
 # Peak memory of an untiled forward, in float maps of the model's width per input pixel,
 # measured with an all-blurred mask by scripts/tile_memory.py
-# (docs/results/tile-memory/): 6.9 for the bundled model, 6.2 for the paper preset; rounded
-# up for what the measurement did not cover (other allocators, images of other content).
-PEAK_MAPS = 8.0
+# (docs/results/tile-memory/): 4.9 for the bundled model, 3.3 for the paper preset since
+# session 18's inference in bands of rows (6.9 and 6.2 before); rounded up for what the
+# measurement did not cover (other allocators, images of other content).
+PEAK_MAPS = 6.0
 # Where the available memory is unknown (not Linux, MPS...): tile above this many pixels.
 AUTO_TILE_PIXELS = 4_194_304
 AUTO_TILE_SIZE = 1024

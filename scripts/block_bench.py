@@ -3,7 +3,7 @@
     GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python scripts/block_bench.py [--threads 2] \
         [--fraction 10] [--repeats 15] [--dtype bf16]
 
-(the allocator policy of the m2ae CLI and benchmark: huge pages, 1 MiB mmap threshold)
+(the allocator policy of the m2ae CLI and benchmark: huge pages, 16 MiB mmap threshold)
 
 The grid is 2152x1436's stage-4 grid (180x270, 256 channels), random weights with every
 branch active, a blob-shaped 10 % mask. Parts are timed separately on the same inputs (median

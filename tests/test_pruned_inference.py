@@ -308,6 +308,28 @@ def test_half_precision_rows_are_sampled_at_full_precision_coordinates():
     assert (half.float() - full).abs().mean() < 0.01
 
 
+def test_deform_rows_in_corner_blocks_equals_all_at_once(monkeypatch):
+    """Inference computes the bilinear corners block by block (bounded memory); the result
+    is the one of the single block that autograd uses, border included."""
+    from m2ae_core import deform
+
+    torch.manual_seed(7)
+    b, c, h, w = 2, 5, 9, 13
+    x = torch.randn(b, c, h, w)
+    start, end = torch.randn(b, 2, h, w) * 3, torch.randn(b, 2, h, w) * 3
+    weight, bias, border = torch.randn(c, 9), torch.randn(c), torch.randn(c)
+    grid = torch.arange(b * h * w)
+    args = (pixel_rows(x), (b, h, w), grid // (h * w), grid % (h * w) // w, grid % w,
+            pixel_rows(start), pixel_rows(end), weight, bias)
+    with torch.enable_grad():
+        whole = deform_conv_rows(*args, border=border).detach()
+    monkeypatch.setattr(deform, "CORNER_BLOCK", 7)  # 34 blocks, the last one partial
+    monkeypatch.setattr(deform, "cache_chunk", lambda channels, itemsize=4: 3)
+    with torch.inference_mode():
+        blocks = deform_conv_rows(*args, border=border)
+    torch.testing.assert_close(blocks, whole, atol=1e-5, rtol=1e-5)
+
+
 def test_deform_rows_border_value_is_read_outside_the_image():
     torch.manual_seed(4)
     b, c, h, w = 1, 6, 9, 11

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from ..errors import M2AEError
+from ..memory import DEFAULT_THRESHOLD
 from .child import run_in_child
 from .design import (DESIGN_BASELINE, DESIGN_FRACTION, DESIGN_VARIANTS, design_rows,
                      estimate_both_halves)
@@ -76,9 +77,10 @@ class Bench:
         # they are compared with. Pruned cells of the other fractions check against a dense
         # forward of their own.
         plain_at = min(self.args.fractions, key=lambda f: (abs(f - DESIGN_FRACTION), f))
-        self.notes.append("every measuring process serves allocations of 1 MiB or more by "
-                          "mmap, as the m2ae CLI does (m2ae_core/memory.py): freed feature maps "
-                          "go back to the OS instead of fragmenting the heap")
+        self.notes.append(f"every measuring process serves allocations of "
+                          f"{DEFAULT_THRESHOLD >> 20} MiB or more by mmap, as the m2ae CLI does "
+                          "(m2ae_core/memory.py): freed feature maps go back to the OS instead "
+                          "of fragmenting the heap")
         if twins and len(self.args.fractions) > 1:
             self.notes.append(f"dense paths are timed at {plain_at:g} % only (their cost does "
                               "not depend on the mask); every pruned cell is still checked "
