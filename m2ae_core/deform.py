@@ -96,32 +96,42 @@ def deform_conv_rows(rows: torch.Tensor, shape: tuple[int, int, int], batch_inde
     # Inference: corners for blocks of pixels (their indices and weights take 432 bytes per
     # pixel, several feature maps' worth over a whole stage), taps over cache-sized chunks
     # of each block (over all pixels at once, each of the nine taps streamed its product and
-    # the accumulator through memory).
-    grad = torch.is_grad_enabled()
-    block = out.shape[0] if grad else CORNER_BLOCK
-    step = out.shape[0] if grad else cache_chunk(out.shape[1])
+    # the accumulator through memory: see accumulate_taps).
+    block = out.shape[0] if torch.is_grad_enabled() else CORNER_BLOCK
     for first in range(0, out.shape[0], block):
         part = slice(first, first + block)
         corner_rows, corner_weights = sample_corners(
             shape, batch_index[part], ys[part], xs[part], start[part].to(compute),
             end[part].to(compute), weight.shape[1])  # [q,9,4]
-        # embedding_bag needs its per-sample weights in the rows' dtype
-        sample_weights = corner_weights.to(rows.dtype)
-        # the share of each tap that fell outside the image reads ``border``
-        outside = None if border is None else 1.0 - corner_weights.sum(-1)  # [q,9]
-        pixels = corner_rows.shape[0]
-        for begin in range(0, pixels, step):
-            chunk = slice(begin, min(begin + step, pixels))
-            target = out[first + chunk.start:first + chunk.stop]
-            for tap in range(weight.shape[1]):
-                sampled = F.embedding_bag(corner_rows[chunk, tap], rows, mode="sum",
-                                          per_sample_weights=sample_weights[chunk, tap])
-                # In place also under autograd: addcmul's backward needs only its inputs.
-                target.addcmul_(sampled, tap_weights[tap])
-            if outside is not None:
-                # per chunk, while it is in cache (one product over all Q cost 2-3x the sampling)
-                target.addmm_(outside[chunk], border_taps)
+        accumulate_taps(out[part], rows, corner_rows, corner_weights, tap_weights, border_taps)
     return out.to(rows.dtype)
+
+
+def accumulate_taps(out: torch.Tensor, rows: torch.Tensor, corner_rows: torch.Tensor,
+                    corner_weights: torch.Tensor, tap_weights: torch.Tensor,
+                    border_taps: torch.Tensor | None = None) -> None:
+    """Add the deformable taps to ``out`` [q, C] (in place, in the coordinates' dtype): tap n
+    of pixel i reads ``rows`` [N, C] at its bilinear corners (``corner_rows`` /
+    ``corner_weights`` [q, taps, 4], from :func:`sample_corners`) and is weighted by
+    ``tap_weights`` [taps, C]; ``border_taps`` [taps, C] is what a tap's share outside the
+    image reads, times its weights (None: zero padding)."""
+    # embedding_bag needs its per-sample weights in the rows' dtype
+    sample_weights = corner_weights.to(rows.dtype)
+    # the share of each tap that fell outside the image reads ``border``
+    outside = None if border_taps is None else 1.0 - corner_weights.sum(-1)  # [q,taps]
+    pixels = corner_rows.shape[0]
+    step = pixels if torch.is_grad_enabled() else cache_chunk(out.shape[1])
+    for begin in range(0, pixels, step):
+        chunk = slice(begin, min(begin + step, pixels))
+        target = out[chunk]
+        for tap in range(tap_weights.shape[0]):
+            sampled = F.embedding_bag(corner_rows[chunk, tap], rows, mode="sum",
+                                      per_sample_weights=sample_weights[chunk, tap])
+            # In place also under autograd: addcmul's backward needs only its inputs.
+            target.addcmul_(sampled, tap_weights[tap])
+        if outside is not None:
+            # per chunk, while it is in cache (one product over all Q cost 2-3x the sampling)
+            target.addmm_(outside[chunk], border_taps)
 
 
 def sample_corners(shape: tuple[int, int, int], batch_index: torch.Tensor, ys: torch.Tensor,

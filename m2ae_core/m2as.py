@@ -9,6 +9,7 @@ from torch import nn
 
 from .deform import MotionDeformConv, deform_conv_rows
 from .layers import Conv1x1, GlobalMax, GlobalMean, LayerNorm2d, NAFBlock, pixel_rows, simple_gate
+from .m2as_banded import m2as_block_banded, wants_m2as_bands
 from .masked_conv import PrunePlan, masked_conv_dense, masked_gated_conv_pruned
 
 
@@ -178,6 +179,39 @@ class StageOutput:
 FOLD_MIN_SHARE = 2e-3
 
 
+@dataclass
+class FoldedConv4:
+    """conv4 of an M2AS block with the deformable conv's static affine folded in (inference).
+
+    ``weight`` [2C, C] and ``bias`` give the folded map; ``taps`` / ``kept_bias`` / ``border``
+    are the deformable conv's parameters on it. Output channels whose gate pair has an
+    unfoldable channel (``unfolded`` [k], their pairs ``pair`` [2k]) still need their affine
+    (``pair_scale``, ``pair_bias``) before the gate.
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    taps: torch.Tensor
+    kept_bias: torch.Tensor
+    border: torch.Tensor
+    unfolded: torch.Tensor
+    pair: torch.Tensor
+    pair_scale: torch.Tensor
+    pair_bias: torch.Tensor
+
+    def gate_(self, rows: torch.Tensor) -> torch.Tensor:
+        """SimpleGate of folded rows [N, 2C] -> [N, C], computed in place into the rows'
+        first half (a view is returned): read the folded map before calling this."""
+        c = rows.shape[1] // 2
+        both = None
+        if self.unfolded.numel():  # their outputs still need the affine before the gate
+            both = torch.addcmul(self.pair_bias, rows[:, self.pair], self.pair_scale)
+        gated = rows[:, :c].mul_(rows[:, c:])
+        if both is not None:
+            gated[:, self.unfolded] = simple_gate(both)
+        return gated
+
+
 class M2ASBlock(NAFBlock):
     """NAFNet block with a mask-aware first half and a motion-aware deformable second half.
 
@@ -194,6 +228,9 @@ class M2ASBlock(NAFBlock):
         """Without ``plan``: the dense reference formula everywhere. With it, the trajectory is
         sampled only on the mask (exact when ``gated``), and ``prune_conv`` also restricts the
         mask-aware conv to the mask (eval only: it has no gradient towards the mask)."""
+        if (plan is not None and gated and prune_conv and plan.masked < plan.total
+                and wants_m2as_bands(x, plan)):  # large map at inference: less memory
+            return m2as_block_banded(self, x, plan, start, end)
         mid = self.masked_spatial_mix(x, mask, plan if prune_conv else None)
         return self.motion_aware_half(mid, start, end, plan, gated, prune_conv)
 
@@ -228,15 +265,8 @@ class M2ASBlock(NAFBlock):
         if plan.masked == plan.total:
             return None
         b, c, h, w = normed.shape
-        taps, bias = self.dconv.weight, self.dconv.bias
-        scale = taps.sum(1)
-        folded = scale.abs() >= FOLD_MIN_SHARE * taps.abs().sum(1)
-        gain = torch.where(folded, scale, torch.ones_like(scale))  # what conv4 absorbs
-        folded_bias = torch.where(folded, bias, 0.0)  # ... and the rest keep
-        kept_bias = bias - folded_bias
-        inner = self.conv4.out_channels
-        rows = F.linear(pixel_rows(normed), self.conv4.weight.view(inner, c) * gain[:, None],
-                        torch.addcmul(folded_bias, self.conv4.bias, gain))
+        fold = self.folded_conv4()
+        rows = F.linear(pixel_rows(normed), fold.weight, fold.bias)
         del normed  # not needed any more: one C-channel map less at the stage's peak
         # Everything that reads the folded map comes first: the gate below is computed in
         # place into the map's first half (no C-channel map of its own).
@@ -245,18 +275,28 @@ class M2ASBlock(NAFBlock):
             sampled = deform_conv_rows(rows, (b, h, w), plan.item, plan.row, plan.col,
                                        start[plan.item, :, plan.row, plan.col],
                                        end[plan.item, :, plan.row, plan.col],
-                                       taps / gain[:, None], kept_bias, border=folded_bias)
-        unfolded = (~folded).nonzero().squeeze(1)
-        if unfolded.numel():  # their outputs still need the affine before the gate
-            out = torch.unique(unfolded % c)
-            pair = torch.cat((out, out + c))
-            both = torch.addcmul(kept_bias[pair], rows[:, pair], (scale / gain)[pair])
-        gated = rows[:, :c].mul_(rows[:, c:])
-        if unfolded.numel():
-            gated[:, out] = simple_gate(both)
+                                       fold.taps, fold.kept_bias, border=fold.border)
+        gated = fold.gate_(rows)
         if sampled is not None:
             gated.index_copy_(0, plan.mask_index, simple_gate(sampled).to(gated.dtype))
         return gated.view(b, h, w, c).permute(0, 3, 1, 2)
+
+    def folded_conv4(self) -> "FoldedConv4":
+        """conv4 with the deformable conv's static affine folded in (see
+        :meth:`folded_deform_pruned`)."""
+        taps, bias = self.dconv.weight, self.dconv.bias
+        scale = taps.sum(1)
+        folded = scale.abs() >= FOLD_MIN_SHARE * taps.abs().sum(1)
+        gain = torch.where(folded, scale, torch.ones_like(scale))  # what conv4 absorbs
+        folded_bias = torch.where(folded, bias, 0.0)  # ... and the rest keep
+        kept_bias = bias - folded_bias
+        inner, c = self.conv4.out_channels, self.conv4.in_channels
+        unfolded = torch.unique((~folded).nonzero().squeeze(1) % (inner // 2))
+        pair = torch.cat((unfolded, unfolded + inner // 2))
+        return FoldedConv4(self.conv4.weight.view(inner, c) * gain[:, None],
+                           torch.addcmul(folded_bias, self.conv4.bias, gain),
+                           taps / gain[:, None], kept_bias, folded_bias, unfolded, pair,
+                           (scale / gain)[pair], kept_bias[pair])
 
     def masked_spatial_mix(self, x: torch.Tensor, mask: torch.Tensor,
                            plan: PrunePlan | None = None) -> torch.Tensor:

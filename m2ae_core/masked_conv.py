@@ -81,9 +81,16 @@ def masked_conv_dense(f1: torch.Tensor, mask: torch.Tensor, conv1: nn.Conv2d,
 def _masked_conv_rows(pixels: torch.Tensor, plan: PrunePlan, width: int, conv1: nn.Conv2d,
                       conv2: nn.Conv2d) -> torch.Tensor:
     """conv2(conv1(.)) at the masked pixels only: [Q, 2C] from channels-last rows [N, C]."""
-    c = pixels.shape[1]
+    return masked_conv_gathered(pixels.index_select(0, plan.dilated_index), plan, width,
+                                conv1, conv2)
+
+
+def masked_conv_gathered(gathered: torch.Tensor, plan: PrunePlan, width: int, conv1: nn.Conv2d,
+                         conv2: nn.Conv2d) -> torch.Tensor:
+    """conv2(conv1(.)) at the masked pixels: [Q, 2C] from the rows of the 3x3-dilated mask
+    set, [D, C] in ``plan.dilated_index`` order; ``width`` is the stage grid's."""
+    c = gathered.shape[1]
     inner = conv1.out_channels
-    gathered = pixels.index_select(0, plan.dilated_index)
     kernel = conv2.weight.view(inner, 9)
     out = conv2.bias.expand(plan.masked, inner).clone()
     if torch.is_grad_enabled():  # autograd has no out= variants

@@ -90,3 +90,67 @@ def test_whole_network_with_bands_equals_it_without(monkeypatch, preset):
         in_bands = model(image, mask=mask).image
     assert calls, "no block ran in bands"
     torch.testing.assert_close(in_bands, whole, atol=1e-5, rtol=1e-5)
+
+
+def _m2as_case(fraction_mask: str, height=40, width=30, channels=8, seed=4):
+    from m2ae_core.m2as import M2ASBlock
+    from m2ae_core.masked_conv import PrunePlan
+
+    torch.manual_seed(seed)
+    block = activate_all_branches_(M2ASBlock(channels).eval())
+    x = torch.randn(1, channels, height, width).contiguous(memory_format=torch.channels_last)
+    mask = torch.zeros(1, 1, height, width, dtype=torch.bool)
+    if fraction_mask == "blob":
+        mask[..., 5:17, 8:20] = True
+    elif fraction_mask == "border":  # taps leave the image: the folded map's border value
+        mask[..., :4, :] = True
+        mask[..., :, -3:] = True
+    start = torch.randn(1, 2, height, width) * 3 * mask
+    end = torch.randn(1, 2, height, width) * 3 * mask
+    return block, x, mask, start, end, PrunePlan.from_mask(mask)
+
+
+@pytest.mark.parametrize("kind", ["blob", "border", "empty"])
+@pytest.mark.parametrize("rows", [1, 7, 16])
+def test_banded_m2as_block_equals_the_pruned_block(kind, rows):
+    from m2ae_core.m2as_banded import m2as_block_banded
+
+    block, x, mask, start, end, plan = _m2as_case(kind)
+    with torch.inference_mode():
+        expected = block.motion_aware_half(block.masked_spatial_mix(x, mask, plan), start, end,
+                                           plan, True, True)
+        out = m2as_block_banded(block, x, plan, start, end, rows)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_banded_m2as_block_with_unfoldable_channels():
+    """Channels whose taps sum to ~0 keep their affine before the gate (FoldedConv4.gate_)."""
+    from m2ae_core.m2as_banded import m2as_block_banded
+
+    block, x, mask, start, end, plan = _m2as_case("blob")
+    with torch.no_grad():
+        block.dconv.weight[3] -= block.dconv.weight[3].mean()
+    assert block.folded_conv4().unfolded.numel() == 1
+    with torch.inference_mode():
+        expected = block.motion_aware_half(block.masked_spatial_mix(x, mask, plan), start, end,
+                                           plan, True, True)
+        out = m2as_block_banded(block, x, plan, start, end, 5)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_m2as_block_takes_the_banded_path_on_large_maps(monkeypatch):
+    from m2ae_core import m2as_banded
+
+    block, x, mask, start, end, plan = _m2as_case("blob")
+    calls = []
+    original = m2as_banded.m2as_block_banded
+    monkeypatch.setattr("m2ae_core.m2as.m2as_block_banded",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    with torch.inference_mode():
+        monkeypatch.setattr(banded, "CPU_BAND_BYTES", 10 ** 12)
+        whole = block(x, mask, start, end, plan, True, True)
+        assert not calls
+        monkeypatch.setattr(banded, "CPU_BAND_BYTES", 1)
+        in_bands = block(x, mask, start, end, plan, True, True)
+    assert calls
+    torch.testing.assert_close(in_bands, whole, atol=1e-5, rtol=1e-5)
