@@ -228,8 +228,8 @@ class M2ASBlock(NAFBlock):
         """Without ``plan``: the dense reference formula everywhere. With it, the trajectory is
         sampled only on the mask (exact when ``gated``), and ``prune_conv`` also restricts the
         mask-aware conv to the mask (eval only: it has no gradient towards the mask)."""
-        if (plan is not None and gated and prune_conv and plan.masked < plan.total
-                and wants_m2as_bands(x, plan)):  # large map at inference: less memory
+        if plan is not None and gated and prune_conv and wants_m2as_bands(x, plan):
+            # a large map at inference: in bands, less memory
             return m2as_block_banded(self, x, plan, start, end)
         mid = self.masked_spatial_mix(x, mask, plan if prune_conv else None)
         return self.motion_aware_half(mid, start, end, plan, gated, prune_conv)

@@ -152,8 +152,10 @@ class M2AENet(nn.Module):
             # (at full resolution that held ~0.9 of a full-size feature map for nothing)
             skip = skips.pop()
             release_free_heap()
-            x = decoder(upsample_add_banded(up, x, skip) if wants_bands(x, 2 * x.shape[1])
-                        else up(x) + skip)
+            x = (upsample_add_banded(up, x, skip) if wants_bands(x, 2 * x.shape[1])
+                 else up(x) + skip)
+            del skip  # (the sum above may be it, written in place)
+            x = decoder(x)
         if image.dtype == padded.dtype:
             x = self.ending(x) + padded
         else:
