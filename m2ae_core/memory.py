@@ -8,10 +8,11 @@ map back to the OS at once: lower, repeatable peak memory for the same computati
 Below the threshold stay the temporaries of inference in bands of rows (:mod:`.banded`, ~8 MiB
 each): they are reused from the heap. Served by mmap (the threshold was 1 MiB until session
 18), every band's temporaries were fresh memory the kernel had to fault in and zero, and a
-banded block took twice as long as the whole-map one (1710 vs 880 ms for a full-resolution
-`paper` block at 2152x1436, fp32, 2 threads); from the heap it takes 560 ms. The heap's holes
-that such temporaries leave between longer-lived blocks are handed back by
-:func:`release_free_heap` between the network's stages.
+banded block was slower than the whole-map one (1954 vs 1606 ms for a full-resolution `paper`
+block at 2152x1436, fp32, 2 threads); from the heap it takes 614 ms (whole: 1086 ms;
+``scripts/band_speed.py``, docs/results/bands/). The heap's holes that such temporaries leave
+between longer-lived blocks are handed back by :func:`release_free_heap` between the
+network's stages.
 
 Every new tensor above the threshold is still fresh memory, faulted in 4 KiB pages: about
 30 % of a CPU forward here. glibc's tunable ``glibc.malloc.hugetlb=1`` asks for

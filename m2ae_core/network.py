@@ -163,6 +163,7 @@ class M2AENet(nn.Module):
             # full-precision image: the input passes through exactly where the residual is
             # zero, and 16-bit photos keep their precision (bf16 alone holds 8 bits).
             x = self.ending(x).to(image.dtype) + pad_to_multiple(image, self.config.pad_multiple)
+        release_free_heap()  # the next forward starts without this one's heap holes
         return NetworkOutput(x[..., :h, :w], stages)
 
 

@@ -11,12 +11,11 @@ after a warm-up. For choosing band sizes and the threshold; `m2ae bench` measure
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from m2ae_core import banded, layers
+from m2ae_core.benchmark.machine import median_ms
 from m2ae_core.benchmark.workload import activate_all_branches_
 from m2ae_core.layers import NAFBlock
 from m2ae_core.memory import return_freed_memory_promptly
@@ -26,15 +25,6 @@ from m2ae_core.precision import resolve_dtype
 MAPS = ((32, 1440, 2160), (64, 720, 1080), (256, 180, 270))
 BAND_MIB = (2, 8, 32, 128)
 
-
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 def main() -> None:

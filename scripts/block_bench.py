@@ -13,11 +13,10 @@ issue's numbers come from `m2ae bench`.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
+from m2ae_core.benchmark.machine import median_ms
 from m2ae_core.benchmark.workload import activate_all_branches_, blob_mask
 from m2ae_core.memory import return_freed_memory_promptly
 from m2ae_core.layers import NAFBlock, simple_gate
@@ -25,15 +24,6 @@ from m2ae_core.m2as import M2ASBlock
 from m2ae_core.masked_conv import PrunePlan
 from m2ae_core.precision import resolve_dtype
 
-
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 def main() -> None:

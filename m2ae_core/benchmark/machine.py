@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import statistics
 import sys
 import time
 
@@ -81,3 +82,15 @@ def set_threads(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def median_ms(fn, repeats: int) -> float:
+    """Median wall time of ``fn()`` in milliseconds over ``repeats`` calls after one warm-up
+    (CPU; for the hot-spot scripts, not the benchmark's cells)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
