@@ -37,13 +37,15 @@ def wants_bands(x: torch.Tensor, channels: int) -> bool:
     return not torch.is_grad_enabled() and band_rows(x, channels) < x.shape[2]
 
 
-def _bands(height: int, rows: int):
+def bands(height: int, rows: int):
+    """(top, bottom) of each band of ``rows`` rows covering ``height`` rows."""
     for top in range(0, height, rows):
         yield top, min(top + rows, height)
 
 
 def _gate(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """NAFNet's SimpleGate (product of the two channel halves), optionally into ``out``."""
+    """NAFNet's SimpleGate (product of the two channel halves), optionally into ``out``
+    (``layers.simple_gate`` without an ``out``: layers imports this module, not vice versa)."""
     a, b = x.chunk(2, dim=1)
     return torch.mul(a, b, out=out) if out is not None else a * b
 
@@ -58,14 +60,14 @@ def naf_block_banded(block, x: torch.Tensor, rows: int | None = None) -> torch.T
     _, _, h, _ = x.shape
     rows = rows or band_rows(x, block.conv1.out_channels)
     out = torch.empty_like(x)
-    for top, bottom in _bands(h, rows):
+    for top, bottom in bands(h, rows):
         # the depthwise 3x3 needs one row of 1x1 output above and below the band; at the
         # image's edges its own zero padding stands in, as in the whole-map evaluation
         above, below = max(top - 1, 0), min(bottom + 1, h)
         wide = block.conv2(block.conv1(block.norm1(x[:, :, above:below])))
         _gate(wide[:, :, top - above:bottom - above], out=out[:, :, top:bottom])
     attention = block.sca(out)
-    for top, bottom in _bands(h, rows):
+    for top, bottom in bands(h, rows):
         band = out[:, :, top:bottom]
         mid = x[:, :, top:bottom] + block.beta * block.conv3(band * attention)
         mid += block.gamma * block.conv5(_gate(block.conv4(block.norm2(mid))))
@@ -73,12 +75,15 @@ def naf_block_banded(block, x: torch.Tensor, rows: int | None = None) -> torch.T
     return out
 
 
-def upsample_add_banded(up, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-    """``up(x) + skip`` for a per-pixel upsampler (1x1 conv then pixel shuffle), written into
-    ``skip`` band by band: the full-size upsampled map and the sum never exist on their own.
-    ``skip`` is consumed (inference, where the caller holds it for this sum only)."""
-    scale = skip.shape[2] // x.shape[2]
+def upsample_add(up, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """``up(x) + skip`` for a per-pixel upsampler (1x1 conv then pixel shuffle). On a large map
+    at inference it is written into ``skip`` band by band, so that the full-size upsampled map
+    and the sum never exist on their own: ``skip`` is consumed (the decoder holds it for this
+    sum only)."""
     rows = band_rows(x, x.shape[1] * 2)
-    for top, bottom in _bands(x.shape[2], rows):
+    if torch.is_grad_enabled() or rows >= x.shape[2]:
+        return up(x) + skip
+    scale = skip.shape[2] // x.shape[2]
+    for top, bottom in bands(x.shape[2], rows):
         skip[:, :, top * scale:bottom * scale] += up(x[:, :, top:bottom])
     return skip

@@ -86,12 +86,7 @@ def deform_conv_rows(rows: torch.Tensor, shape: tuple[int, int, int], batch_inde
         return deform_conv_rows(rows.float(), shape, batch_index, ys, xs, start.float(),
                                 end.float(), weight.float(), bias.float(),
                                 None if border is None else border.float()).to(rows.dtype)
-    # Coordinates, bilinear weights and the nine-tap sum in fp32 (half-precision coordinates
-    # lose pixels); the feature rows are read where they are, in their own precision: a fp32
-    # copy of the whole map cost more than the sampling itself.
-    compute = torch.float32 if half else rows.dtype
-    tap_weights = weight.to(compute).t().contiguous()  # [9, C]: one contiguous row per tap
-    border_taps = None if border is None else tap_weights * border.to(compute)  # [9, C]
+    compute = coordinate_dtype(rows.dtype)
     out = bias.to(compute).expand(batch_index.numel(), -1).clone()
     # Inference: corners for blocks of pixels (their indices and weights take 432 bytes per
     # pixel, several feature maps' worth over a whole stage), taps over cache-sized chunks
@@ -103,18 +98,28 @@ def deform_conv_rows(rows: torch.Tensor, shape: tuple[int, int, int], batch_inde
         corner_rows, corner_weights = sample_corners(
             shape, batch_index[part], ys[part], xs[part], start[part].to(compute),
             end[part].to(compute), weight.shape[1])  # [q,9,4]
-        accumulate_taps(out[part], rows, corner_rows, corner_weights, tap_weights, border_taps)
+        accumulate_taps(out[part], rows, corner_rows, corner_weights, weight, border)
     return out.to(rows.dtype)
 
 
+def coordinate_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of sampling coordinates, bilinear weights and tap sums for feature rows of
+    ``dtype``: fp32 for half precision (bf16 holds integers exactly only up to 256, so
+    coordinates would lose pixels). The rows themselves are read in their own precision: a
+    fp32 copy of the whole map cost more than the sampling itself."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def accumulate_taps(out: torch.Tensor, rows: torch.Tensor, corner_rows: torch.Tensor,
-                    corner_weights: torch.Tensor, tap_weights: torch.Tensor,
-                    border_taps: torch.Tensor | None = None) -> None:
-    """Add the deformable taps to ``out`` [q, C] (in place, in the coordinates' dtype): tap n
-    of pixel i reads ``rows`` [N, C] at its bilinear corners (``corner_rows`` /
+                    corner_weights: torch.Tensor, weight: torch.Tensor,
+                    border: torch.Tensor | None = None) -> None:
+    """Add the deformable taps to ``out`` [q, C] (in place, in :func:`coordinate_dtype`): tap
+    n of pixel i reads ``rows`` [N, C] at its bilinear corners (``corner_rows`` /
     ``corner_weights`` [q, taps, 4], from :func:`sample_corners`) and is weighted by
-    ``tap_weights`` [taps, C]; ``border_taps`` [taps, C] is what a tap's share outside the
-    image reads, times its weights (None: zero padding)."""
+    ``weight[:, n]`` ([C, taps]); a tap's share outside the image reads ``border`` [C]
+    (None: zero padding)."""
+    tap_weights = weight.to(out.dtype).t().contiguous()  # [taps, C]: one contiguous row per tap
+    border_taps = None if border is None else tap_weights * border.to(out.dtype)
     # embedding_bag needs its per-sample weights in the rows' dtype
     sample_weights = corner_weights.to(rows.dtype)
     # the share of each tap that fell outside the image reads ``border``

@@ -20,8 +20,11 @@ class LayerNorm2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # One fused kernel over the channel axis; on a channels-last tensor the permuted view is
         # contiguous, so nothing is copied and the result stays channels-last.
-        normed = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
-        return normed.permute(0, 3, 1, 2)
+        return self.rows(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """The same norm on channels-last pixel rows [..., C] (gathered pixels, for example)."""
+        return F.layer_norm(rows, (rows.shape[-1],), self.weight, self.bias, self.eps)
 
 
 class Conv1x1(nn.Conv2d):

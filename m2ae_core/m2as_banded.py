@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .banded import band_rows, wants_bands
-from .deform import accumulate_taps, sample_corners
+from .banded import band_rows, bands, wants_bands
+from .deform import accumulate_taps, coordinate_dtype, sample_corners
 from .layers import pixel_rows, simple_gate
 from .masked_conv import PrunePlan, masked_conv_gathered
 
@@ -38,22 +38,12 @@ def wants_m2as_bands(x: torch.Tensor, plan: PrunePlan) -> bool:
             and wants_bands(x, 2 * x.shape[1]))
 
 
-def _normed_rows(rows: torch.Tensor, norm) -> torch.Tensor:
-    """A LayerNorm2d applied to channels-last pixel rows [N, C]."""
-    return F.layer_norm(rows, (rows.shape[1],), norm.weight, norm.bias, norm.eps)
-
-
-def _bands(height: int, rows: int):
-    for top in range(0, height, rows):
-        yield top, min(top + rows, height)
-
-
 def _masked_taps(block, mid_rows: torch.Tensor, plan: PrunePlan, fold, start, end,
                  width: int) -> torch.Tensor:
     """Gated deformable taps of the masked pixels [Q, C], read from a table of the folded
     conv4 output at the rows their bilinear corners touch."""
     h = plan.shape[1]
-    compute = torch.float32 if mid_rows.dtype in (torch.float16, torch.bfloat16) else mid_rows.dtype
+    compute = coordinate_dtype(mid_rows.dtype)
     corner_rows, corner_weights = sample_corners(
         (1, h, width), plan.item, plan.row, plan.col,
         start[plan.item, :, plan.row, plan.col].to(compute),
@@ -63,12 +53,10 @@ def _masked_taps(block, mid_rows: torch.Tensor, plan: PrunePlan, fold, start, en
     needed = touched.nonzero().squeeze(1)
     position = torch.zeros(mid_rows.shape[0], dtype=torch.long, device=mid_rows.device)
     position[needed] = torch.arange(needed.numel(), device=mid_rows.device)
-    table = F.linear(_normed_rows(mid_rows.index_select(0, needed), block.norm2),
-                     fold.weight, fold.bias)
-    tap_weights = fold.taps.to(compute).t().contiguous()
+    table = F.linear(block.norm2.rows(mid_rows.index_select(0, needed)), fold.weight, fold.bias)
     sampled = fold.kept_bias.to(compute).expand(plan.masked, -1).clone()
-    accumulate_taps(sampled, table, position[corner_rows], corner_weights, tap_weights,
-                    tap_weights * fold.border.to(compute))
+    accumulate_taps(sampled, table, position[corner_rows], corner_weights, fold.taps,
+                    fold.border)
     return simple_gate(sampled.to(mid_rows.dtype))
 
 
@@ -82,24 +70,24 @@ def m2as_block_banded(block, x: torch.Tensor, plan: PrunePlan, start: torch.Tens
     out_rows = pixel_rows(out)
     masked_mix = None
     if plan.masked:
-        gathered = _normed_rows(x_rows.index_select(0, plan.dilated_index), block.norm1)
+        gathered = block.norm1.rows(x_rows.index_select(0, plan.dilated_index))
         masked_mix = simple_gate(masked_conv_gathered(gathered, plan, w, block.conv1,
                                                       block.conv2)).to(out.dtype)
         del gathered
-    for top, bottom in _bands(h, rows):
+    for top, bottom in bands(h, rows):
         normed = block.norm1(x[:, :, top:bottom])
         torch.mul(normed, normed, out=out[:, :, top:bottom])  # the gate of [f1, f1]
     if masked_mix is not None:
         out_rows.index_copy_(0, plan.mask_index, masked_mix)
     attention = block.sca(out)
-    for top, bottom in _bands(h, rows):
+    for top, bottom in bands(h, rows):
         band = out[:, :, top:bottom]
         band.copy_(torch.addcmul(x[:, :, top:bottom], block.beta,
                                  block.conv3(band * attention)))
     fold = block.folded_conv4()
     taps = (_masked_taps(block, out_rows, plan, fold, start, end, w) if plan.masked
             else None)
-    for top, bottom in _bands(h, rows):
+    for top, bottom in bands(h, rows):
         band = out[:, :, top:bottom]
         folded = F.linear(pixel_rows(block.norm2(band)), fold.weight, fold.bias)
         gated = fold.gate_(folded)

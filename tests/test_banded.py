@@ -57,17 +57,24 @@ def test_bands_only_at_inference_on_large_maps(monkeypatch):
         assert not banded.wants_bands(x, 16)  # training keeps its graph
 
 
-def test_upsample_add_banded_equals_the_sum():
+def test_upsample_add_in_bands_equals_the_sum(monkeypatch):
     torch.manual_seed(2)
     model = build_model("small").eval()
     up = model.ups[-1]
     channels = up[0].in_channels
     x = torch.randn(1, channels, 11, 7).contiguous(memory_format=torch.channels_last)
     skip = torch.randn(1, channels // 2, 22, 14).contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(banded, "CPU_BAND_BYTES", 1)  # bands of MIN_BAND_ROWS rows: two here
     with torch.inference_mode():
         expected = up(x) + skip
-        out = banded.upsample_add_banded(up, x, skip.clone())
+        consumed = skip.clone()
+        out = banded.upsample_add(up, x, consumed)
+    assert out is consumed  # written into the skip, band by band
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+    with torch.enable_grad():  # training: the ordinary sum, the skip left alone
+        kept = skip.clone()
+        assert banded.upsample_add(up, x, kept) is not kept
+        assert torch.equal(kept, skip)
 
 
 @pytest.mark.parametrize("preset", ["small", "paper"])
