@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from .banded import band_rows, bands, wants_bands
 from .deform import accumulate_taps, coordinate_dtype, sample_corners
 from .layers import pixel_rows, simple_gate
-from .masked_conv import PrunePlan, masked_conv_gathered
+from .masked_conv import PrunePlan, masked_gated_depthwise, pointwise_table
 
 
 # Up to this share of masked pixels the banded block is as fast as the whole-map one (the
@@ -70,10 +70,10 @@ def m2as_block_banded(block, x: torch.Tensor, plan: PrunePlan, start: torch.Tens
     out_rows = pixel_rows(out)
     masked_mix = None
     if plan.masked:
-        gathered = block.norm1.rows(x_rows.index_select(0, plan.dilated_index))
-        masked_mix = simple_gate(masked_conv_gathered(gathered, plan, w, block.conv1,
-                                                      block.conv2)).to(out.dtype)
-        del gathered
+        table = pointwise_table(block.norm1.rows(x_rows.index_select(0, plan.dilated_index)),
+                                block.conv1)
+        masked_mix = masked_gated_depthwise(table, plan, block.conv2).to(out.dtype)
+        del table
     for top, bottom in bands(h, rows):
         normed = block.norm1(x[:, :, top:bottom])
         torch.mul(normed, normed, out=out[:, :, top:bottom])  # the gate of [f1, f1]

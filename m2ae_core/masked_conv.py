@@ -1,9 +1,12 @@
 """Exact pixel-pruned evaluation of the mask-aware conv (DESIGN §3).
 
 Dense formula: f2 = conv2(conv1(f1)) * m + [f1, f1] * (1 - m), conv1 1x1 C->2C, conv2 3x3
-depthwise with zero padding. Pruned: run conv1 only on the 3x3-dilated mask set, then the
-depthwise 3x3 only on the mask set by gathering nine neighbours (2C^2 + 18C MACs per pixel).
-Everything is ordinary indexing and matmul, so it runs natively on CPU and CUDA.
+depthwise with zero padding. Pruned: run conv1 only on the 3x3-dilated mask set (a table of
+its rows), then the depthwise 3x3 only on the square tiles the mask touches: each tile and its
+one-pixel halo are gathered from that table (a zero row standing for the image's padding and
+for pixels outside the set, which no masked pixel reads) and go through the ordinary
+depthwise conv, and the masked pixels are picked from its output.
+Everything is ordinary indexing, matmul and conv, so it runs natively on CPU and CUDA.
 """
 from __future__ import annotations
 
@@ -13,12 +16,65 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import cache_chunk, pixel_rows, simple_gate
+from .layers import pixel_rows, simple_gate
 
 
 # Above this share of masked pixels the dense 1x1 + depthwise conv (then a select) is cheaper
-# than gathering: measured crossover ~40 % on the paper's stage-4 grid (CPU, 1 thread).
-DENSE_MIX_SHARE = 0.4
+# than the pruned path. Per `paper` stage-4 block at 2152x1436 (2 threads), pruned (tiles)
+# vs dense, ms: 40 % 48.6 vs 84.2, 60 % 67.5 vs 85.5, 80 % 88.3 vs 89.3, 95 % 102.5 vs 83.0
+# (with the nine-neighbour gather of session 18 the crossover was ~40 %).
+DENSE_MIX_SHARE = 0.75
+
+# Side of the tiles of the pruned depthwise 3x3. Per `paper` stage-4 block at 2152x1436
+# (180x270, 512 channels in the 3x3, 2 threads), conv1 + 3x3 on the masked pixels of a blob
+# mask, ms at 10 / 25 / 40 %: tiles of 8: 11.2 / 32.8 / 42.8, of 12: 10.4 / 27.3 / 42.8, of
+# 16: 10.6 / 27.9 / 44.0; gathering each masked pixel's nine neighbours (until session 18):
+# 16.0 / 41.8 / 64.2. Smaller tiles cover the mask more tightly, larger ones gather fewer
+# halo pixels.
+MIX_TILE = 12
+# Bytes of gathered tiles (with halo, 2C channels) convolved at once: cache-sized.
+TILE_CHUNK_BYTES = 4 << 20
+
+
+@dataclass
+class TileLayout:
+    """The square tiles (``side`` x ``side``) of a stage grid that contain masked pixels."""
+
+    side: int
+    table_rows: torch.Tensor  # [K, (side+2)^2]: row of the dilated set's table under each
+    #                           pixel of a tile and its halo (D, the zero row: none)
+    order: torch.Tensor  # [Q]: masked pixels (their rank in ``mask_index``) sorted by tile
+    position: torch.Tensor  # [Q], in ``order``: place in its tile's output, tile-local
+    starts: list[int]  # [K+1]: where each tile's pixels begin in ``order``
+
+    @property
+    def count(self) -> int:
+        return self.table_rows.shape[0]
+
+    @classmethod
+    def build(cls, mask: torch.Tensor, lookup: torch.Tensor, zero_row: int, item: torch.Tensor,
+              row: torch.Tensor, col: torch.Tensor, side: int = MIX_TILE) -> "TileLayout":
+        """``mask`` bool [B,1,H,W]; ``lookup`` the zero-padded grid -> table row, flat
+        [B*(H+2)*(W+2)], ``zero_row`` outside the set; item/row/col of each masked pixel."""
+        b, _, h, w = mask.shape
+        tall, wide = -(-h // side) * side, -(-w // side) * side
+        padded = F.pad(lookup.view(b, h + 2, w + 2), (0, wide - w, 0, tall - h), value=zero_row)
+        touched = F.max_pool2d(F.pad(mask.to(torch.float32), (0, wide - w, 0, tall - h)),
+                               side, side)[:, 0] > 0  # [B, tall/side, wide/side]
+        tile_item, tile_y, tile_x = touched.nonzero().unbind(1)
+        # a tile's top-left halo pixel in the padded grid (whose pixel (y, x) is (y+1, x+1))
+        corner = (tile_item * (tall + 2) + tile_y * side) * (wide + 2) + tile_x * side
+        span = torch.arange(side + 2, device=mask.device)
+        offsets = (span[:, None] * (wide + 2) + span[None, :]).flatten()
+        table_rows = padded.flatten()[corner[:, None] + offsets[None, :]]
+        tile_of = torch.full(touched.shape, -1, dtype=torch.long, device=mask.device)
+        tile_of[touched] = torch.arange(tile_item.numel(), device=mask.device)
+        tile = tile_of[item, row // side, col // side]
+        order = torch.argsort(tile, stable=True)
+        local = (row % side) * side + col % side
+        counts = torch.bincount(tile, minlength=tile_item.numel())
+        starts = [0] + torch.cumsum(counts, 0).tolist()
+        return cls(side, table_rows, order, (tile * side * side + local)[order], starts)
 
 
 @dataclass
@@ -31,8 +87,7 @@ class PrunePlan:
     row: torch.Tensor
     col: torch.Tensor
     dilated_index: torch.Tensor  # flat index of the 3x3-dilated mask set, [D]
-    lookup: torch.Tensor  # zero-padded grid -> row in the dilated set (D = outside), flat
-    centre: torch.Tensor  # each masked pixel's flat index in the padded grid, [Q]
+    tiles: TileLayout  # where the pruned depthwise 3x3 runs
     unmasked_index: torch.Tensor  # flat index of each pixel outside the mask, [B*H*W - Q]
 
     @property
@@ -49,7 +104,7 @@ class PrunePlan:
         return b * h * w
 
     @classmethod
-    def from_mask(cls, mask: torch.Tensor) -> "PrunePlan":
+    def from_mask(cls, mask: torch.Tensor, tile: int = MIX_TILE) -> "PrunePlan":
         """Build the plan from a bool [B,1,H,W] mask."""
         b, _, h, w = mask.shape
         mask = mask.bool()
@@ -61,8 +116,8 @@ class PrunePlan:
         lookup = F.pad(lookup.view(b, h, w), (1, 1, 1, 1), value=n_dilated).flatten()
         item, rest = mask_index // (h * w), mask_index % (h * w)
         row, col = rest // w, rest % w
-        centre = item * (h + 2) * (w + 2) + (row + 1) * (w + 2) + (col + 1)
-        return cls((b, h, w), mask_index, item, row, col, dilated_index, lookup, centre,
+        tiles = TileLayout.build(mask, lookup, n_dilated, item, row, col, tile)
+        return cls((b, h, w), mask_index, item, row, col, dilated_index, tiles,
                    (~mask).flatten().nonzero().squeeze(1))
 
 
@@ -78,50 +133,41 @@ def masked_conv_dense(f1: torch.Tensor, mask: torch.Tensor, conv1: nn.Conv2d,
     return conv2(conv1(f1)) * m + torch.cat((f1, f1), 1) * (1 - m)
 
 
-def _masked_conv_rows(pixels: torch.Tensor, plan: PrunePlan, width: int, conv1: nn.Conv2d,
-                      conv2: nn.Conv2d) -> torch.Tensor:
-    """conv2(conv1(.)) at the masked pixels only: [Q, 2C] from channels-last rows [N, C]."""
-    return masked_conv_gathered(pixels.index_select(0, plan.dilated_index), plan, width,
-                                conv1, conv2)
-
-
-def masked_conv_gathered(gathered: torch.Tensor, plan: PrunePlan, width: int, conv1: nn.Conv2d,
-                         conv2: nn.Conv2d) -> torch.Tensor:
-    """conv2(conv1(.)) at the masked pixels: [Q, 2C] from the rows of the 3x3-dilated mask
-    set, [D, C] in ``plan.dilated_index`` order; ``width`` is the stage grid's."""
-    c = gathered.shape[1]
-    inner = conv1.out_channels
-    kernel = conv2.weight.view(inner, 9)
-    out = conv2.bias.expand(plan.masked, inner).clone()
+def pointwise_table(gathered: torch.Tensor, conv1: nn.Conv2d) -> torch.Tensor:
+    """conv1 on the rows of the 3x3-dilated mask set ([D, C] in ``plan.dilated_index``
+    order) -> [D+1, 2C]; the extra last row is zero (conv2's zero padding, and pixels outside
+    the set)."""
+    inner, c = conv1.out_channels, gathered.shape[1]
+    weight = conv1.weight.view(inner, c).t()
     if torch.is_grad_enabled():  # autograd has no out= variants
-        pointwise = torch.addmm(conv1.bias, gathered, conv1.weight.view(inner, c).t())
-        # One extra zero row stands for conv2's zero padding and for pixels outside the set.
-        pointwise = torch.cat((pointwise, pointwise.new_zeros(1, inner)))
-        for tap in range(9):
-            out.addcmul_(pointwise.index_select(0, _neighbours(plan, width, tap)), kernel[:, tap])
-        return out
-    # Inference: the same values without a copy of the table or a fresh buffer per tap
-    # (each new buffer is fresh memory the OS must fault in and zero).
-    pointwise = gathered.new_empty(plan.dilated + 1, inner)
-    torch.addmm(conv1.bias, gathered, conv1.weight.view(inner, c).t(), out=pointwise[:-1])
-    pointwise[-1] = 0
-    neighbours = [_neighbours(plan, width, tap) for tap in range(9)]
-    # Cache-sized chunks of pixels: all nine taps of a chunk accumulate while it is hot.
-    step = cache_chunk(inner)
-    taps = gathered.new_empty(min(step, plan.masked), inner)
-    for begin in range(0, plan.masked, step):
-        chunk = slice(begin, begin + step)
-        part = taps[:min(step, plan.masked - begin)]
-        for tap in range(9):
-            torch.index_select(pointwise, 0, neighbours[tap][chunk], out=part)
-            out[chunk].addcmul_(part, kernel[:, tap])
+        table = torch.addmm(conv1.bias, gathered, weight)
+        return torch.cat((table, table.new_zeros(1, inner)))
+    table = gathered.new_empty(gathered.shape[0] + 1, inner)
+    torch.addmm(conv1.bias, gathered, weight, out=table[:-1])
+    table[-1] = 0
+    return table
+
+
+def masked_gated_depthwise(table: torch.Tensor, plan: PrunePlan,
+                           conv2: nn.Conv2d) -> torch.Tensor:
+    """``simple_gate(conv2(.))`` at the masked pixels [Q, C] (``mask_index`` order), from the
+    :func:`pointwise_table` of the dilated set: tile by tile, in cache-sized groups."""
+    tiles, inner = plan.tiles, table.shape[1]
+    side = tiles.side
+    out = table.new_empty(plan.masked, inner // 2)
+    group = max(1, TILE_CHUNK_BYTES // ((side + 2) ** 2 * inner * table.element_size()))
+    for first in range(0, tiles.count, group):
+        last = min(first + group, tiles.count)
+        begin, end = tiles.starts[first], tiles.starts[last]
+        if begin == end:
+            continue
+        gathered = table.index_select(0, tiles.table_rows[first:last].flatten())
+        gathered = gathered.view(last - first, side + 2, side + 2, inner).permute(0, 3, 1, 2)
+        conv = F.conv2d(gathered, conv2.weight, conv2.bias, groups=conv2.groups)
+        rows = conv.permute(0, 2, 3, 1).reshape(-1, inner)  # a view for channels-last output
+        picked = rows.index_select(0, tiles.position[begin:end] - first * side * side)
+        out.index_copy_(0, tiles.order[begin:end], simple_gate(picked))
     return out
-
-
-def _neighbours(plan: PrunePlan, width: int, tap: int) -> torch.Tensor:
-    """Row in the dilated set (or the zero row) of each masked pixel's neighbour ``tap``."""
-    dy, dx = tap // 3 - 1, tap % 3 - 1
-    return plan.lookup.index_select(0, plan.centre + dy * (width + 2) + dx)
 
 
 def masked_gated_conv_pruned(f1: torch.Tensor, plan: PrunePlan, conv1: nn.Conv2d,
@@ -143,7 +189,7 @@ def masked_gated_conv_pruned(f1: torch.Tensor, plan: PrunePlan, conv1: nn.Conv2d
     else:
         result = pixels.square()
         if plan.masked:
+            table = pointwise_table(pixels.index_select(0, plan.dilated_index), conv1)
             result.index_copy_(0, plan.mask_index,
-                               simple_gate(_masked_conv_rows(pixels, plan, w, conv1, conv2))
-                               .to(result.dtype))
+                               masked_gated_depthwise(table, plan, conv2).to(result.dtype))
     return result.view(b, h, w, c).permute(0, 3, 1, 2)

@@ -8,6 +8,7 @@ from m2ae_core import build_model
 from m2ae_core.deform import deform_conv_all, deform_conv_dense, deform_conv_rows
 from m2ae_core.layers import pixel_rows, simple_gate
 from m2ae_core.m2as import M2ASBlock
+from m2ae_core import masked_conv
 from m2ae_core.masked_conv import (DENSE_MIX_SHARE, PrunePlan, masked_conv_dense,
                                    masked_gated_conv_pruned)
 
@@ -40,20 +41,42 @@ def masks_for(b, h, w):
 
 @pytest.mark.parametrize("kind", ["random", "blob", "empty", "full", "border"])
 @pytest.mark.parametrize("size", [(7, 9), (1, 5), (16, 16)])
-def test_masked_conv_pruned_equals_dense(kind, size):
+@pytest.mark.parametrize("tile", [1, 3, 5, 12])
+def test_masked_conv_pruned_equals_dense(kind, size, tile):
+    """Any tile side, tiles cut by the image's edge, neighbours in other tiles."""
     torch.manual_seed(0)
     block = randomize_(M2ASBlock(8))
     f1 = torch.randn(2, 8, *size)
     mask = masks_for(2, *size)[kind]
     dense = simple_gate(masked_conv_dense(f1, mask, block.conv1, block.conv2))
-    pruned = masked_gated_conv_pruned(f1, PrunePlan.from_mask(mask), block.conv1, block.conv2)
+    plan = PrunePlan.from_mask(mask, tile=tile)
+    pruned = masked_gated_conv_pruned(f1, plan, block.conv1, block.conv2)
     assert pruned.shape == dense.shape
     assert (pruned - dense).abs().max() <= TOL
 
 
+@pytest.mark.parametrize("chunk_bytes", [1, 5000, 1 << 30])
+def test_tiled_depthwise_in_groups_of_tiles_equals_dense(monkeypatch, chunk_bytes):
+    """Tiles are convolved in groups (one tile, a few, all at once): same values, and every
+    masked pixel is written (an unwritten one would keep garbage)."""
+    monkeypatch.setattr(masked_conv, "TILE_CHUNK_BYTES", chunk_bytes)
+    torch.manual_seed(0)
+    block = randomize_(M2ASBlock(8))
+    f1 = torch.randn(2, 8, 23, 29).contiguous(memory_format=torch.channels_last)
+    mask = blob_mask(2, 23, 29, fraction=0.3)
+    plan = PrunePlan.from_mask(mask, tile=4)
+    assert plan.tiles.count > 4
+    rows = pixel_rows(f1)
+    table = masked_conv.pointwise_table(rows.index_select(0, plan.dilated_index), block.conv1)
+    with torch.inference_mode():
+        picked = masked_conv.masked_gated_depthwise(table, plan, block.conv2)
+    dense = pixel_rows(simple_gate(masked_conv_dense(f1, mask, block.conv1, block.conv2)))
+    assert (picked - dense.index_select(0, plan.mask_index)).abs().max() <= TOL
+
+
 @pytest.mark.parametrize("fraction", [0.0, 0.05, 0.3, 0.6, 0.9, 1.0])
 def test_gated_pruned_mix_equals_dense_on_both_sides_of_the_crossover(fraction):
-    """Below DENSE_MIX_SHARE the conv gathers the masked pixels, above it runs densely and
+    """Below DENSE_MIX_SHARE the conv runs on the tiles the mask touches, above it runs densely and
     selects; both must equal the gated dense formula."""
     torch.manual_seed(0)
     block = randomize_(M2ASBlock(8))
@@ -101,7 +124,8 @@ def test_masked_conv_detects_a_skipped_or_misplaced_pixel():
     interior[..., 3:7, 4:9] = True
     dense = simple_gate(masked_conv_dense(f1, interior, block.conv1, block.conv2))
     plan = PrunePlan.from_mask(interior)
-    plan.centre = plan.centre + 1  # every pixel reads its right-hand neighbourhood
+    # every pixel reads its right-hand neighbourhood
+    plan.tiles.table_rows = plan.tiles.table_rows.roll(-1, dims=1)
     shifted = masked_gated_conv_pruned(f1, plan, block.conv1, block.conv2)
     assert (shifted - dense).abs().max() > 1e-2
 
