@@ -224,13 +224,16 @@ class M2ASBlock(NAFBlock):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, start: torch.Tensor,
                 end: torch.Tensor, plan: PrunePlan | None = None, gated: bool = True,
-                prune_conv: bool = False) -> torch.Tensor:
+                prune_conv: bool = False, overwrite_input: bool = False) -> torch.Tensor:
         """Without ``plan``: the dense reference formula everywhere. With it, the trajectory is
         sampled only on the mask (exact when ``gated``), and ``prune_conv`` also restricts the
-        mask-aware conv to the mask (eval only: it has no gradient towards the mask)."""
+        mask-aware conv to the mask (eval only: it has no gradient towards the mask).
+        ``overwrite_input``: the caller hands ``x`` over, and the result may be written into
+        it (large maps at inference: less memory)."""
         if plan is not None and gated and prune_conv and wants_m2as_bands(x, plan):
             # a large map at inference: in bands, less memory
-            return m2as_block_banded(self, x, plan, start, end)
+            return m2as_block_banded(self, x, plan, start, end,
+                                     overwrite_input=overwrite_input)
         mid = self.masked_spatial_mix(x, mask, plan if prune_conv else None)
         return self.motion_aware_half(mid, start, end, plan, gated, prune_conv)
 
@@ -396,7 +399,9 @@ class M2ASStage(nn.Module):
     def forward(self, x: torch.Tensor, user_mask: torch.Tensor | None = None,
                 threshold: float = 0.5, pruned: bool = False,
                 evidence: torch.Tensor | None = None,
-                shaken: torch.Tensor | None = None) -> tuple[torch.Tensor, StageOutput]:
+                shaken: torch.Tensor | None = None,
+                overwrite_input: bool = False) -> tuple[torch.Tensor, StageOutput]:
+        """``overwrite_input``: the caller hands ``x`` over; the blocks may write into it."""
         if pruned and self.training:
             raise RuntimeError("pruned evaluation needs eval mode (a binary mask)")
         info = self.analyze(x, user_mask, threshold, evidence, shaken)
@@ -404,8 +409,10 @@ class M2ASStage(nn.Module):
         # path; it drops only the gradient towards switching on unmasked pixels through the
         # trajectory (the mask-aware conv and L_mask still carry it), and saves ~1/3 of a step.
         plan = PrunePlan.from_mask(info.mask > 0.5) if pruned or self.training else None
-        for block in self.blocks():
-            x = block(x, info.mask, info.start, info.end, plan, self.gate_trajectory, pruned)
+        for index, block in enumerate(self.blocks()):
+            # each block's output is the stage's own: the next block may overwrite it
+            x = block(x, info.mask, info.start, info.end, plan, self.gate_trajectory, pruned,
+                      overwrite_input=overwrite_input or index > 0)
         if plan is not None:
             info.dilated_pixels = plan.dilated
         return x, info

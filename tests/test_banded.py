@@ -99,7 +99,7 @@ def test_whole_network_with_bands_equals_it_without(monkeypatch, preset):
     torch.testing.assert_close(in_bands, whole, atol=1e-5, rtol=1e-5)
 
 
-def _m2as_case(fraction_mask: str, height=40, width=30, channels=8, seed=4):
+def _m2as_case(fraction_mask: str, height=40, width=30, channels=8, seed=4, motion=3.0):
     from m2ae_core.m2as import M2ASBlock
     from m2ae_core.masked_conv import PrunePlan
 
@@ -112,22 +112,43 @@ def _m2as_case(fraction_mask: str, height=40, width=30, channels=8, seed=4):
     elif fraction_mask == "border":  # taps leave the image: the folded map's border value
         mask[..., :4, :] = True
         mask[..., :, -3:] = True
-    start = torch.randn(1, 2, height, width) * 3 * mask
-    end = torch.randn(1, 2, height, width) * 3 * mask
+    elif fraction_mask == "mostly":  # above DENSE_MIX_SHARE: the mix runs densely per band
+        mask[...] = True
+        mask[..., 10:14, 3:9] = False
+    elif fraction_mask == "full":
+        mask[...] = True
+    start = torch.randn(1, 2, height, width) * motion * mask
+    end = torch.randn(1, 2, height, width) * motion * mask
     return block, x, mask, start, end, PrunePlan.from_mask(mask)
 
 
-@pytest.mark.parametrize("kind", ["blob", "border", "empty"])
+@pytest.mark.parametrize("kind", ["blob", "border", "empty", "mostly", "full"])
 @pytest.mark.parametrize("rows", [1, 7, 16])
-def test_banded_m2as_block_equals_the_pruned_block(kind, rows):
+@pytest.mark.parametrize("motion", [3.0, 15.0])
+def test_banded_m2as_block_equals_the_pruned_block(kind, rows, motion):
+    """Taps reading bands above and below (up to ~3 bands of 7 rows away at motion 15)."""
     from m2ae_core.m2as_banded import m2as_block_banded
 
-    block, x, mask, start, end, plan = _m2as_case(kind)
+    block, x, mask, start, end, plan = _m2as_case(kind, motion=motion)
     with torch.inference_mode():
         expected = block.motion_aware_half(block.masked_spatial_mix(x, mask, plan), start, end,
                                            plan, True, True)
         out = m2as_block_banded(block, x, plan, start, end, rows)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["blob", "empty"])
+def test_banded_m2as_block_overwrites_its_input_only_when_handed_over(kind):
+    from m2ae_core.m2as_banded import m2as_block_banded
+
+    block, x, mask, start, end, plan = _m2as_case(kind)
+    original = x.clone()
+    with torch.inference_mode():
+        kept = m2as_block_banded(block, x, plan, start, end, 7)
+        assert torch.equal(x, original)
+        handed_over = m2as_block_banded(block, x, plan, start, end, 7, overwrite_input=True)
+    assert handed_over.data_ptr() == x.data_ptr()
+    torch.testing.assert_close(handed_over, kept, atol=1e-6, rtol=1e-6)
 
 
 def test_banded_m2as_block_with_unfoldable_channels():

@@ -410,3 +410,23 @@ def test_fold_leaves_a_channel_whose_taps_sum_to_zero_unfolded():
         torch.testing.assert_close(folded, reference, atol=TOL, rtol=0)
         torch.testing.assert_close(block(x, mask, start, end, plan, True, True),
                                    block(x, mask.float(), start, end), atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.float32])
+def test_user_mask_reaches_each_stage_grid_where_any_of_its_pixels_is_set(dtype):
+    """A stage-grid pixel is masked iff any input pixel it covers is (a float mask: > 0.5);
+    the padding added to reach the grid's multiple is unmasked."""
+    model = build_model("small").eval()
+    mask = torch.zeros(1, 1, 37, 45, dtype=dtype)
+    mask[..., 5, 6] = 1  # one pixel: its stride-s block only
+    mask[..., 36, 44] = 0.7 if dtype == torch.float32 else 1  # bottom-right corner pixel
+    if dtype == torch.float32:
+        mask[..., 20, 20] = 0.4  # below the threshold: not masked
+    grids = model._stage_masks(torch.zeros(1, 3, 37, 45), mask)
+    assert grids
+    for stage, grid in grids.items():
+        s = 2 ** stage
+        expected = torch.zeros_like(grid)
+        expected[..., 5 // s, 6 // s] = True
+        expected[..., 36 // s, 44 // s] = True
+        assert grid.dtype == torch.bool and torch.equal(grid, expected), stage
