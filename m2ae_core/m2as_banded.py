@@ -1,14 +1,15 @@
 """The pruned M2AS block at inference in bands of rows (the NAF block's: :mod:`.banded`).
 
-Only the input and one C-channel result map are ever whole. Pass 1 writes the gated mix band by
-band: ``norm1(x)^2`` off the mask, and on it the mask-aware conv, computed first on the tiles
-the mask touches (:mod:`.masked_conv`). The channel attention pools it; pass 2 finishes the
-first half in place. Pass 3 runs the folded conv4, the gate, conv5 and the residual band by
-band, in place. The masked pixels' deformable taps may read other bands' folded conv4
-output, later ones included: every band keeps the rows that taps read in a table
-(:class:`TapTable`), and a band is finished only once every row its taps read has been
-computed (usually one band later). Same values as :meth:`M2ASBlock.forward` on the pruned
-path (tests: ``tests/test_banded.py``).
+Only the input and one C-channel result map are ever whole, and only the input when the
+caller hands it over. The gated mix is ``norm1(x)^2`` off the mask and, on it, the mask-aware
+conv, computed first on the tiles the mask touches (:mod:`.masked_conv`). Pass 1 pools the mix
+band by band for the channel attention; pass 2 recomputes each band of it and finishes the
+first half. Pass 3 runs the folded conv4, the gate, conv5 and the residual band by band, in
+place. The masked pixels' deformable taps may read other bands' folded conv4 output, later
+ones included: every band keeps the rows that taps read in a table (:class:`TapTable`), and a
+band is finished only once every row its taps read has been computed (usually one band
+later). Same values as :meth:`M2ASBlock.forward` on the pruned path (tests:
+``tests/test_banded.py``).
 
 Where it applies: inference, one image, a channels-last map of more than one band, the pruned
 path with at most ``M2AS_BAND_SHARE`` of the grid masked.
@@ -25,12 +26,12 @@ from .deform import accumulate_taps, coordinate_dtype, sample_corners
 from .layers import pixel_rows, simple_gate
 from .masked_conv import PrunePlan, masked_gated_depthwise, pointwise_table
 
-# Up to this share of masked pixels the banded block is at least as fast as the whole-map one
+# Up to this share of masked pixels the banded block is about as fast as the whole-map one
 # (above it the whole-map path runs the mix densely). Per `paper` stage-4 block at 2152x1436
 # (180x270, 256 channels, fp32, 2 threads), whole / banded, ms (two runs each):
-# 10 % 193-205 / 185-188, 50 % 278 / 262-270, 75 % 316-328 / 310-330, 90 % 338-344 / 353-390,
-# 100 % 345-347 / 360-362 (NAF block: 238-258).
-M2AS_BAND_SHARE = 0.75
+# 10 % 192-194 / 180-185, 25 % 232-234 / 224-227, 50 % 283 / 282-295, 75 % 334 / 347-358
+# (NAF block: 241-268).
+M2AS_BAND_SHARE = 0.6
 
 
 def wants_m2as_bands(x: torch.Tensor, plan: PrunePlan) -> bool:
@@ -87,21 +88,49 @@ def _range_of(sorted_index: torch.Tensor, begin: int, end: int) -> tuple[int, in
     return i, j
 
 
-def _first_pass(block, x: torch.Tensor, out: torch.Tensor, plan: PrunePlan, rows: int) -> None:
-    """Gated mix into ``out``: ``norm1(x)^2`` off the mask, the mask-aware conv on it."""
-    _, _, h, _ = x.shape
-    masked_mix = None
-    if plan.masked:
-        dilated = pixel_rows(x).index_select(0, plan.dilated_index)
-        table = pointwise_table(block.norm1.rows(dilated), block.conv1)
-        del dilated
-        masked_mix = masked_gated_depthwise(table, plan, block.conv2).to(out.dtype)
-        del table
-    for top, bottom in bands(h, rows):
-        normed = block.norm1(x[:, :, top:bottom])
-        torch.mul(normed, normed, out=out[:, :, top:bottom])  # the gate of [f1, f1]
+def _masked_mix(block, x: torch.Tensor, plan: PrunePlan) -> torch.Tensor | None:
+    """The gated mask-aware conv at the masked pixels [Q, C] (None: no masked pixel)."""
+    if not plan.masked:
+        return None
+    dilated = pixel_rows(x).index_select(0, plan.dilated_index)
+    table = pointwise_table(block.norm1.rows(dilated), block.conv1)
+    del dilated
+    return masked_gated_depthwise(table, plan, block.conv2).to(x.dtype)
+
+
+def _mix_band(block, x: torch.Tensor, plan: PrunePlan, masked_mix: torch.Tensor | None,
+              top: int, bottom: int) -> torch.Tensor:
+    """Rows [top, bottom) of the gated mix: ``norm1(x)^2`` (the gate of [f1, f1]) off the
+    mask, ``masked_mix`` on it."""
+    band = block.norm1(x[:, :, top:bottom]).square_()
     if masked_mix is not None:
-        pixel_rows(out).index_copy_(0, plan.mask_index, masked_mix)
+        w = x.shape[3]
+        first, last = _range_of(plan.mask_index, top * w, bottom * w)
+        if last > first:
+            pixel_rows(band).index_copy_(0, plan.mask_index[first:last] - top * w,
+                                         masked_mix[first:last])
+    return band
+
+
+def _channel_attention(block, x: torch.Tensor, plan: PrunePlan, masked_mix, rows: int
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The attention of the gated mix, and the mix itself when it had to be kept whole (the
+    tiling recorder observes the whole map); otherwise it is pooled band by band and each
+    band recomputed in pass 2 (one norm per band, cheaper than a whole map in memory)."""
+    pool = block.sca[0]
+    if pool.observer is not None:
+        mix = torch.empty_like(x)
+        for top, bottom in bands(x.shape[2], rows):
+            mix[:, :, top:bottom] = _mix_band(block, x, plan, masked_mix, top, bottom)
+        return block.sca(mix), mix
+    if pool.fixed is not None:  # the whole image's mean, given (tiled inference)
+        return block.sca(x), None
+    total = torch.zeros(x.shape[0], x.shape[1], 1, 1, dtype=torch.float32, device=x.device)
+    for top, bottom in bands(x.shape[2], rows):
+        total += _mix_band(block, x, plan, masked_mix, top, bottom).sum(
+            (2, 3), keepdim=True, dtype=torch.float32)
+    mean = (total / (x.shape[2] * x.shape[3])).to(x.dtype)
+    return block.sca[1](mean), None
 
 
 def m2as_block_banded(block, x: torch.Tensor, plan: PrunePlan, start: torch.Tensor,
@@ -110,20 +139,19 @@ def m2as_block_banded(block, x: torch.Tensor, plan: PrunePlan, start: torch.Tens
     """``block(x, mask, start, end, plan, gated=True, prune_conv=True)``, band by band.
 
     ``overwrite_input``: the caller hands ``x`` over (it holds no other reference that it
-    reads later): the first half's output is written into ``x`` itself, so that the pass-1
-    map is freed before pass 3, whose tap table and waiting bands are the block's peak.
+    reads later) and the result is written into it: the block then holds one whole map.
     """
     _, c, h, w = x.shape
     rows = rows or band_rows(x, 2 * c)
-    mix = torch.empty_like(x)
-    _first_pass(block, x, mix, plan, rows)
-    attention = block.sca(mix)
-    out = x if overwrite_input else mix
+    masked_mix = _masked_mix(block, x, plan)
+    attention, mix = _channel_attention(block, x, plan, masked_mix, rows)
+    out = x if overwrite_input else torch.empty_like(x)
     for top, bottom in bands(h, rows):
-        band = mix[:, :, top:bottom]
+        band = (mix[:, :, top:bottom] if mix is not None
+                else _mix_band(block, x, plan, masked_mix, top, bottom))
         out[:, :, top:bottom] = torch.addcmul(x[:, :, top:bottom], block.beta,
                                               block.conv3(band * attention))
-    del mix, band, x  # overwriting: the pass-1 map goes (``out`` is ``x``)
+    del mix, band, masked_mix, x
     fold = block.folded_conv4()
     taps = TapTable(plan, start, end, fold, 2 * c, out.dtype) if plan.masked else None
     pending = deque()  # folded bands waiting for rows their taps read

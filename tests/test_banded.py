@@ -151,6 +151,34 @@ def test_banded_m2as_block_overwrites_its_input_only_when_handed_over(kind):
     torch.testing.assert_close(handed_over, kept, atol=1e-6, rtol=1e-6)
 
 
+def test_banded_m2as_block_keeps_the_tiling_hooks_of_its_attention():
+    """Tiled inference first records what every pooling site sees (the whole gated mix), then
+    fixes each site's mean: the banded block, which otherwise pools band by band and never
+    holds the mix whole, must show the recorder the same map and use the fixed mean."""
+    from m2ae_core.m2as_banded import m2as_block_banded
+
+    block, x, mask, start, end, plan = _m2as_case("blob")
+    pool = block.sca[0]
+    seen = []
+    with torch.inference_mode():
+        pool.observer = lambda site, features: seen.append(features.clone())
+        whole = block.motion_aware_half(block.masked_spatial_mix(x, mask, plan), start, end,
+                                        plan, True, True)
+        banded = m2as_block_banded(block, x, plan, start, end, 7)
+        pool.observer = None
+        torch.testing.assert_close(banded, whole, atol=1e-5, rtol=1e-5)
+        assert len(seen) == 2
+        torch.testing.assert_close(seen[1], seen[0], atol=1e-6, rtol=1e-6)
+
+        pool.fixed = torch.randn(1, x.shape[1], 1, 1)
+        whole_fixed = block.motion_aware_half(block.masked_spatial_mix(x, mask, plan), start,
+                                              end, plan, True, True)
+        banded_fixed = m2as_block_banded(block, x, plan, start, end, 7)
+        pool.fixed = None
+    torch.testing.assert_close(banded_fixed, whole_fixed, atol=1e-5, rtol=1e-5)
+    assert (banded_fixed - banded).abs().max() > 1e-3  # the fixed mean was used
+
+
 def test_banded_m2as_block_with_unfoldable_channels():
     """Channels whose taps sum to ~0 keep their affine before the gate (FoldedConv4.gate_)."""
     from m2ae_core.m2as_banded import m2as_block_banded
