@@ -50,12 +50,14 @@ def _gate(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     return torch.mul(a, b, out=out) if out is not None else a * b
 
 
-def naf_block_banded(block, x: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+def naf_block_banded(block, x: torch.Tensor, rows: int | None = None,
+                     overwrite_input: bool = False) -> torch.Tensor:
     """``block(x)`` for a :class:`~m2ae_core.layers.NAFBlock`, band by band (inference).
 
     Pass 1 writes the gated depthwise output of every band into one C-channel map; the
-    channel attention then pools it whole; pass 2 finishes each band in place in that map
-    (both halves' residuals included), which becomes the result.
+    channel attention then pools it whole; pass 2 finishes each band (both halves' residuals
+    included) in place in that map, which becomes the result, or, with ``overwrite_input``
+    (the caller hands ``x`` over), in ``x``.
     """
     _, _, h, _ = x.shape
     rows = rows or band_rows(x, block.conv1.out_channels)
@@ -67,12 +69,12 @@ def naf_block_banded(block, x: torch.Tensor, rows: int | None = None) -> torch.T
         wide = block.conv2(block.conv1(block.norm1(x[:, :, above:below])))
         _gate(wide[:, :, top - above:bottom - above], out=out[:, :, top:bottom])
     attention = block.sca(out)
+    result = x if overwrite_input else out
     for top, bottom in bands(h, rows):
-        band = out[:, :, top:bottom]
-        mid = x[:, :, top:bottom] + block.beta * block.conv3(band * attention)
+        mid = x[:, :, top:bottom] + block.beta * block.conv3(out[:, :, top:bottom] * attention)
         mid += block.gamma * block.conv5(_gate(block.conv4(block.norm2(mid))))
-        band.copy_(mid)
-    return out
+        result[:, :, top:bottom] = mid
+    return result
 
 
 def upsample_add(up, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ from torch import nn
 
 from .banded import upsample_add
 from .config import M2AEConfig, get_config
-from .layers import Conv1x1, NAFBlock
+from .layers import Conv1x1, NAFBlock, NAFStage
 from .memory import release_free_heap
 from .m2as import BlurEvidence, M2ASStage, StageOutput
 from .shake import looks_shaken
@@ -52,17 +52,17 @@ class M2AENet(nn.Module):
                                                config.mask_context, config.mask_global_max,
                                                config.mask_evidence, config.mask_shake_head))
             else:
-                self.encoders.append(nn.Sequential(*[NAFBlock(channels) for _ in range(blocks)]))
+                self.encoders.append(NAFStage(*[NAFBlock(channels) for _ in range(blocks)]))
             self.downs.append(nn.Conv2d(channels, 2 * channels, 2, stride=2))
             channels *= 2
         self.mask_evidence = (BlurEvidence(config.mask_evidence, config.in_channels)
                               if config.mask_evidence else None)
-        self.middle_blks = nn.Sequential(*[NAFBlock(channels) for _ in range(config.middle_blocks)])
+        self.middle_blks = NAFStage(*[NAFBlock(channels) for _ in range(config.middle_blocks)])
         for blocks in reversed(config.dec_blocks):
             self.ups.append(nn.Sequential(Conv1x1(channels, 2 * channels, bias=False),
                                           nn.PixelShuffle(2)))
             channels //= 2
-            self.decoders.append(nn.Sequential(*[NAFBlock(channels) for _ in range(blocks)]))
+            self.decoders.append(NAFStage(*[NAFBlock(channels) for _ in range(blocks)]))
 
     def _stage_masks(self, image: torch.Tensor, mask: torch.Tensor | None):
         """User mask padded like the image, max-pooled to each M2AS stage's grid (a grid
@@ -151,14 +151,18 @@ class M2AENet(nn.Module):
                 x, info = encoder(x, stage_masks.get(encoder.stage), threshold, pruned, evidence,
                                   shaken, overwrite_input=True)
                 stages.append(info)
-                release_free_heap()  # the stage's index tables and row blocks, freed
                 if stages_only and len(stages) == len(self.config.m2as_stages):
                     return NetworkOutput(None, stages)
             else:
-                x = encoder(x)
+                x = encoder(x, overwrite_input=True)  # the stage's input is not read again
+            # Every stage's heap-sized temporaries (bands, index tables), freed: handed back
+            # before the next stage. Glibc returns only the top of the heap by itself; when a
+            # long-lived allocation sits above them they stay resident (pruned `paper` at
+            # 2152x1436: 25-30 MiB after its first stage; peak 1257-1277 -> 1243-1255 MiB).
+            release_free_heap()
             skips.append(x)
             x = down(x)
-        x = self.middle_blks(x)
+        x = self.middle_blks(x, overwrite_input=True)
         for decoder, up in zip(self.decoders, self.ups):
             # pop: each skip is freed once added, instead of all living until the last decoder
             # (at full resolution that held ~0.9 of a full-size feature map for nothing)
@@ -167,7 +171,7 @@ class M2AENet(nn.Module):
             # a statement of its own: `decoder(upsample_add(up, x, ...))` would keep the
             # lower-resolution input alive while the decoder runs (NAFNet-w32 at 2152x1436:
             # 1406 -> 1265 MiB peak)
-            x = decoder(x)
+            x = decoder(x, overwrite_input=True)
         if image.dtype == padded.dtype:
             x = self.ending(x) + padded
         else:

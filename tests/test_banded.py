@@ -29,6 +29,40 @@ def test_banded_block_equals_the_whole_map(memory_format, batch, height, width, 
     assert out.is_contiguous(memory_format=memory_format)
 
 
+def test_banded_block_overwrites_its_input_only_when_handed_over():
+    torch.manual_seed(0)
+    block = activate_all_branches_(NAFBlock(16).eval())
+    x = torch.randn(1, 16, 29, 13).contiguous(memory_format=torch.channels_last)
+    original = x.clone()
+    with torch.inference_mode():
+        kept = banded.naf_block_banded(block, x, 4)
+        assert torch.equal(x, original)
+        handed_over = banded.naf_block_banded(block, x, 4, overwrite_input=True)
+    assert handed_over.data_ptr() == x.data_ptr()
+    torch.testing.assert_close(handed_over, kept, atol=1e-6, rtol=1e-6)
+
+
+def test_naf_stage_overwrites_only_its_own_maps_unless_handed_over(monkeypatch):
+    """A stage's later blocks write into the stage's own intermediate maps; the caller's
+    input is written into only when the caller hands it over."""
+    from m2ae_core.layers import NAFStage
+
+    monkeypatch.setattr(banded, "CPU_BAND_BYTES", 1)
+    torch.manual_seed(0)
+    stage = NAFStage(*[activate_all_branches_(NAFBlock(8)) for _ in range(3)]).eval()
+    x = torch.randn(1, 8, 33, 10).contiguous(memory_format=torch.channels_last)
+    original = x.clone()
+    with torch.enable_grad():
+        whole = stage(x).detach()
+    with torch.inference_mode():
+        kept = stage(x)
+        assert torch.equal(x, original)
+        handed_over = stage(x, overwrite_input=True)
+    assert handed_over.data_ptr() == x.data_ptr()
+    torch.testing.assert_close(kept, whole, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(handed_over, whole, atol=1e-5, rtol=1e-5)
+
+
 def test_banded_block_in_bfloat16():
     torch.manual_seed(1)
     block = activate_all_branches_(NAFBlock(16).eval()).bfloat16()
