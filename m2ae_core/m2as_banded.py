@@ -26,11 +26,12 @@ from .deform import accumulate_taps, coordinate_dtype, sample_corners
 from .layers import pixel_rows, simple_gate
 from .masked_conv import PrunePlan, masked_gated_depthwise, pointwise_table
 
-# Up to this share of masked pixels the banded block is about as fast as the whole-map one
+# Up to this share of masked pixels the banded block is at least as fast as the whole-map one
 # (above it the whole-map path runs the mix densely). Per `paper` stage-4 block at 2152x1436
-# (180x270, 256 channels, fp32, 2 threads), whole / banded, ms (two runs each):
-# 10 % 192-194 / 180-185, 25 % 232-234 / 224-227, 50 % 283 / 282-295, 75 % 334 / 347-358
-# (NAF block: 241-268).
+# (180x270, 256 channels, fp32, 2 threads), whole / banded, ms (two runs each;
+# scripts/m2as_crossovers.py, docs/results/block-s19/): 10 % 193-200 / 176, 25 % 216-219 /
+# 216-218, 50 % 266-293 / 270-271, 75 % 324-327 / 322-325, 90 % 336-346 / 356-357
+# (NAF block: 227-241).
 M2AS_BAND_SHARE = 0.6
 
 
