@@ -49,7 +49,7 @@ class TapTable:
 
     def __init__(self, plan: PrunePlan, start: torch.Tensor, end: torch.Tensor, fold,
                  channels: int, dtype: torch.dtype) -> None:
-        _, h, w = plan.shape
+        w = plan.shape[2]
         compute = coordinate_dtype(dtype)
         corners, self.corner_weights = sample_corners(
             plan.shape, plan.item, plan.row, plan.col,
@@ -155,7 +155,8 @@ def m2as_block_banded(block, x: torch.Tensor, plan: PrunePlan, start: torch.Tens
     del mix, band, masked_mix, x
     fold = block.folded_conv4()
     taps = TapTable(plan, start, end, fold, 2 * c, out.dtype) if plan.masked else None
-    pending = deque()  # folded bands waiting for rows their taps read
+    # folded bands waiting for rows their taps read: (last grid row they read, band)
+    pending = deque()
 
     def finish(top: int, bottom: int, gated: torch.Tensor, first: int, last: int) -> None:
         if last > first:
@@ -168,14 +169,14 @@ def m2as_block_banded(block, x: torch.Tensor, plan: PrunePlan, start: torch.Tens
     for top, bottom in bands(h, rows):
         folded = F.linear(pixel_rows(block.norm2(out[:, :, top:bottom])), fold.weight, fold.bias)
         first, last = _range_of(plan.mask_index, top * w, bottom * w)
-        reach = -1
+        reach = -1  # no taps: ready at once
         if taps is not None:
             taps.keep(folded, top * w, bottom * w)
             if last > first:
                 reach = int(taps.reach[first:last].max())
-        pending.append((top, bottom, fold.gate_(folded), first, last, reach))
-        while pending and pending[0][-1] < bottom:
-            finish(*pending.popleft()[:-1])
-    while pending:
-        finish(*pending.popleft()[:-1])
+        pending.append((reach, (top, bottom, fold.gate_(folded), first, last)))
+        while pending and pending[0][0] < bottom:  # every row it reads is computed
+            finish(*pending.popleft()[1])
+    for _, band_args in pending:
+        finish(*band_args)
     return out

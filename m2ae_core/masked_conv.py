@@ -20,17 +20,19 @@ from .layers import pixel_rows, simple_gate
 
 
 # Above this share of masked pixels the dense 1x1 + depthwise conv (then a select) is cheaper
-# than the pruned path. Per `paper` stage-4 block at 2152x1436 (2 threads), pruned (tiles)
-# vs dense, ms: 40 % 48.6 vs 84.2, 60 % 67.5 vs 85.5, 80 % 88.3 vs 89.3, 95 % 102.5 vs 83.0
-# (with the nine-neighbour gather of session 18 the crossover was ~40 %).
+# than the pruned path. Per `paper` stage-4 block at 2152x1436 (2 threads), conv1 + 3x3 +
+# gate pruned (tiles) vs dense, ms: 50 % 51.8 vs 83.7, 75 % 79.6 vs 83.7, 90 % 89.5 vs 82.0
+# (scripts/m2as_crossovers.py, docs/results/block-s19/; with the nine-neighbour gather of
+# session 18 the crossover was ~40 %).
 DENSE_MIX_SHARE = 0.75
 
 # Side of the tiles of the pruned depthwise 3x3. Per `paper` stage-4 block at 2152x1436
 # (180x270, 512 channels in the 3x3, 2 threads), conv1 + 3x3 on the masked pixels of a blob
 # mask, ms at 10 / 25 / 40 %: tiles of 8: 11.2 / 32.8 / 42.8, of 12: 10.4 / 27.3 / 42.8, of
 # 16: 10.6 / 27.9 / 44.0; gathering each masked pixel's nine neighbours (until session 18):
-# 16.0 / 41.8 / 64.2. Smaller tiles cover the mask more tightly, larger ones gather fewer
-# halo pixels.
+# 16.0 / 41.8 / 64.2 (session 19, a prototype of this function side by side with the old one;
+# `PrunePlan.from_mask(mask, tile=...)` sets the side). Smaller tiles cover the mask more
+# tightly, larger ones gather fewer halo pixels.
 MIX_TILE = 12
 # Bytes of gathered tiles (with halo, 2C channels) convolved at once: cache-sized.
 TILE_CHUNK_BYTES = 4 << 20
