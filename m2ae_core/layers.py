@@ -27,17 +27,43 @@ class LayerNorm2d(nn.Module):
         return F.layer_norm(rows, (rows.shape[-1],), self.weight, self.bias, self.eps)
 
 
-class Conv1x1(nn.Conv2d):
-    """1x1 convolution evaluated as a matmul over channels-last pixel rows.
+def onednn_pointwise(x: torch.Tensor) -> bool:
+    """Whether a 1x1 convolution of ``x`` runs as oneDNN's convolution instead of a matmul:
+    at inference on CPU, in fp32 or bf16. There oneDNN was 1.7-3.2x faster than ``F.linear``
+    (MKL) at 2 threads in fp32 and 1.1-1.9x in bf16, for every shape of `paper` and NAFNet-w32
+    at 2152x1436, and as fast at 1 thread (scripts/pointwise_speed.py). Training keeps the
+    matmul: forward + backward were mixed (narrow maps slower)."""
+    return (x.device.type == "cpu" and not torch.is_grad_enabled()
+            and x.dtype in (torch.float32, torch.bfloat16))
 
-    Same parameters (and names, and state dict) as ``nn.Conv2d(cin, cout, 1)``; on CPU the
-    matmul is several times faster than the convolution kernel for channels-last input.
+
+def linear_rows(rows: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(rows, weight, bias)`` for pixel rows [N, Cin] (``weight`` [Cout, Cin]) ->
+    [N, Cout]; where :func:`onednn_pointwise`, as a 1x1 convolution of the rows seen as a
+    channels-last map [1, Cin, N, 1] (no copy)."""
+    n, c = rows.shape
+    if not (onednn_pointwise(rows) and rows.is_contiguous() and n):
+        return F.linear(rows, weight, bias)
+    as_map = rows.view(1, n, 1, c).permute(0, 3, 1, 2)
+    return pixel_rows(F.conv2d(as_map, weight.view(-1, c, 1, 1), bias))
+
+
+class Conv1x1(nn.Conv2d):
+    """1x1 convolution, by the faster of two kernels for channels-last input.
+
+    Same parameters (and names, and state dict) as ``nn.Conv2d(cin, cout, 1)``. At inference
+    on CPU it is oneDNN's convolution (see :func:`onednn_pointwise`); otherwise a matmul over
+    channels-last pixel rows, which in training on CPU is as fast or faster than the
+    convolution (and the result is channels-last whatever the input's layout).
     """
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
         super().__init__(in_channels, out_channels, 1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if onednn_pointwise(x):
+            return F.conv2d(x, self.weight, self.bias)
         weight = self.weight.view(self.out_channels, self.in_channels)
         return F.linear(x.permute(0, 2, 3, 1), weight, self.bias).permute(0, 3, 1, 2)
 

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .deform import MotionDeformConv, deform_conv_rows
-from .layers import Conv1x1, GlobalMax, GlobalMean, LayerNorm2d, NAFBlock, pixel_rows, simple_gate
+from .layers import (Conv1x1, GlobalMax, GlobalMean, LayerNorm2d, NAFBlock, linear_rows,
+                     pixel_rows, simple_gate)
 from .m2as_banded import m2as_block_banded, wants_m2as_bands
 from .masked_conv import PrunePlan, masked_conv_dense, masked_gated_conv_pruned
 
@@ -269,7 +270,7 @@ class M2ASBlock(NAFBlock):
             return None
         b, c, h, w = normed.shape
         fold = self.folded_conv4()
-        rows = F.linear(pixel_rows(normed), fold.weight, fold.bias)
+        rows = linear_rows(pixel_rows(normed), fold.weight, fold.bias)
         del normed  # not needed any more: one C-channel map less at the stage's peak
         # Everything that reads the folded map comes first: the gate below is computed in
         # place into the map's first half (no C-channel map of its own).

@@ -19,11 +19,10 @@ from __future__ import annotations
 from collections import deque
 
 import torch
-import torch.nn.functional as F
 
 from .banded import band_rows, bands, wants_bands
 from .deform import accumulate_taps, coordinate_dtype, sample_corners
-from .layers import pixel_rows, simple_gate
+from .layers import linear_rows, pixel_rows, simple_gate
 from .masked_conv import PrunePlan, masked_gated_depthwise, pointwise_table
 
 # Up to this share of masked pixels the banded block is at least as fast as the whole-map one
@@ -93,7 +92,7 @@ def _masked_mix(block, x: torch.Tensor, plan: PrunePlan) -> torch.Tensor | None:
     """The gated mask-aware conv at the masked pixels [Q, C] (None: no masked pixel)."""
     if not plan.masked:
         return None
-    dilated = pixel_rows(x).index_select(0, plan.dilated_index)
+    dilated = pixel_rows(x).index_select(0, plan.table_index)
     table = pointwise_table(block.norm1.rows(dilated), block.conv1)
     del dilated
     return masked_gated_depthwise(table, plan, block.conv2).to(x.dtype)
@@ -167,7 +166,8 @@ def m2as_block_banded(block, x: torch.Tensor, plan: PrunePlan, start: torch.Tens
         band.copy_(torch.addcmul(band, block.gamma, update))
 
     for top, bottom in bands(h, rows):
-        folded = F.linear(pixel_rows(block.norm2(out[:, :, top:bottom])), fold.weight, fold.bias)
+        folded = linear_rows(pixel_rows(block.norm2(out[:, :, top:bottom])), fold.weight,
+                             fold.bias)
         first, last = _range_of(plan.mask_index, top * w, bottom * w)
         reach = -1  # no taps: ready at once
         if taps is not None:

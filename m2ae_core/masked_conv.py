@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import pixel_rows, simple_gate
+from .layers import linear_rows, pixel_rows, simple_gate
 
 
 # Above this share of masked pixels the dense 1x1 + depthwise conv (then a select) is cheaper
@@ -89,6 +89,8 @@ class PrunePlan:
     row: torch.Tensor
     col: torch.Tensor
     dilated_index: torch.Tensor  # flat index of the 3x3-dilated mask set, [D]
+    table_index: torch.Tensor  # the same and one spare (repeated) index, [D+1]: what
+    #                            pointwise_table's rows are gathered by
     tiles: TileLayout  # where the pruned depthwise 3x3 runs
     unmasked_index: torch.Tensor  # flat index of each pixel outside the mask, [B*H*W - Q]
 
@@ -119,7 +121,8 @@ class PrunePlan:
         item, rest = mask_index // (h * w), mask_index % (h * w)
         row, col = rest // w, rest % w
         tiles = TileLayout.build(mask, lookup, n_dilated, item, row, col, tile)
-        return cls((b, h, w), mask_index, item, row, col, dilated_index, tiles,
+        table_index = torch.cat((dilated_index, dilated_index[:1]))
+        return cls((b, h, w), mask_index, item, row, col, dilated_index, table_index, tiles,
                    (~mask).flatten().nonzero().squeeze(1))
 
 
@@ -136,16 +139,16 @@ def masked_conv_dense(f1: torch.Tensor, mask: torch.Tensor, conv1: nn.Conv2d,
 
 
 def pointwise_table(gathered: torch.Tensor, conv1: nn.Conv2d) -> torch.Tensor:
-    """conv1 on the rows of the 3x3-dilated mask set ([D, C] in ``plan.dilated_index``
-    order) -> [D+1, 2C]; the extra last row is zero (conv2's zero padding, and pixels outside
-    the set)."""
+    """conv1 on the rows of the 3x3-dilated mask set and one spare row ([D+1, C] in
+    ``plan.table_index`` order) -> [D+1, 2C] whose last row is zero (conv2's zero padding, and
+    pixels outside the set). The spare row lets the table come out of one 1x1 convolution,
+    without a copy to append the zero row."""
     inner, c = conv1.out_channels, gathered.shape[1]
-    weight = conv1.weight.view(inner, c).t()
-    if torch.is_grad_enabled():  # autograd has no out= variants
-        table = torch.addmm(conv1.bias, gathered, weight)
+    weight = conv1.weight.view(inner, c)
+    if torch.is_grad_enabled():  # autograd: no in-place write into the output
+        table = F.linear(gathered[:-1], weight, conv1.bias)
         return torch.cat((table, table.new_zeros(1, inner)))
-    table = gathered.new_empty(gathered.shape[0] + 1, inner)
-    torch.addmm(conv1.bias, gathered, weight, out=table[:-1])
+    table = linear_rows(gathered, weight, conv1.bias)
     table[-1] = 0
     return table
 
@@ -191,7 +194,7 @@ def masked_gated_conv_pruned(f1: torch.Tensor, plan: PrunePlan, conv1: nn.Conv2d
     else:
         result = pixels.square()
         if plan.masked:
-            table = pointwise_table(pixels.index_select(0, plan.dilated_index), conv1)
+            table = pointwise_table(pixels.index_select(0, plan.table_index), conv1)
             result.index_copy_(0, plan.mask_index,
                                masked_gated_depthwise(table, plan, conv2).to(result.dtype))
     return result.view(b, h, w, c).permute(0, 3, 1, 2)

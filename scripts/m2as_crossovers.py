@@ -56,7 +56,7 @@ def main() -> None:
             def mix_pruned():
                 if not plan.masked:
                     return rows.square()
-                table = pointwise_table(rows.index_select(0, plan.dilated_index), block.conv1)
+                table = pointwise_table(rows.index_select(0, plan.table_index), block.conv1)
                 return masked_gated_depthwise(table, plan, block.conv2)
 
             def whole():

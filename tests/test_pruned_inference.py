@@ -67,8 +67,8 @@ def test_tiled_depthwise_in_groups_of_tiles_equals_dense(monkeypatch, chunk_byte
     plan = PrunePlan.from_mask(mask, tile=4)
     assert plan.tiles.count > 4
     rows = pixel_rows(f1)
-    table = masked_conv.pointwise_table(rows.index_select(0, plan.dilated_index), block.conv1)
     with torch.inference_mode():
+        table = masked_conv.pointwise_table(rows.index_select(0, plan.table_index), block.conv1)
         picked = masked_conv.masked_gated_depthwise(table, plan, block.conv2)
     dense = pixel_rows(simple_gate(masked_conv_dense(f1, mask, block.conv1, block.conv2)))
     assert (picked - dense.index_select(0, plan.mask_index)).abs().max() <= TOL

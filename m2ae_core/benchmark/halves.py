@@ -14,18 +14,17 @@ from __future__ import annotations
 import types
 
 import torch
-import torch.nn.functional as F
 
 from ..m2as import M2ASBlock, M2ASStage
 from ..masked_conv import PrunePlan
-from ..layers import pixel_rows, simple_gate
+from ..layers import linear_rows, pixel_rows, simple_gate
 
 
 def _masked_linear(rows: torch.Tensor, conv, index: torch.Tensor, rep: int) -> torch.Tensor:
     """``conv`` (1x1) on the rows in ``index``; the others get ``rows`` repeated ``rep`` times."""
     out = rows.repeat(1, rep) if rep > 1 else rows.clone()
     weight = conv.weight.view(conv.out_channels, conv.in_channels)
-    out.index_copy_(0, index, F.linear(rows.index_select(0, index), weight, conv.bias))
+    out.index_copy_(0, index, linear_rows(rows.index_select(0, index), weight, conv.bias))
     return out
 
 
