@@ -29,10 +29,11 @@ class LayerNorm2d(nn.Module):
 
 def onednn_pointwise(x: torch.Tensor) -> bool:
     """Whether a 1x1 convolution of ``x`` runs as oneDNN's convolution instead of a matmul:
-    at inference on CPU, in fp32 or bf16. There oneDNN was 1.7-3.2x faster than ``F.linear``
-    (MKL) at 2 threads in fp32 and 1.1-1.9x in bf16, for every shape of `paper` and NAFNet-w32
-    at 2152x1436, and as fast at 1 thread (scripts/pointwise_speed.py). Training keeps the
-    matmul: forward + backward were mixed (narrow maps slower)."""
+    at inference on CPU, in fp32 or bf16. Per call, for the shapes of `paper` and NAFNet-w32
+    at 2152x1436, oneDNN was 1.6-2.3x faster than ``F.linear`` (MKL) at 2 threads in fp32,
+    1.3-1.4x in bf16, and as fast at 1 thread (0.98-1.04x fp32, 1.1-1.3x bf16;
+    scripts/pointwise_speed.py, docs/results/pointwise-s20/). Training keeps the matmul: its
+    forward + backward were mixed (slower on narrow maps)."""
     return (x.device.type == "cpu" and not torch.is_grad_enabled()
             and x.dtype in (torch.float32, torch.bfloat16))
 
