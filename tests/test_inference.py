@@ -333,6 +333,24 @@ def test_reduced_precision_network_keeps_the_input_precision(model):
     assert np.array_equal(result.image, arr)
 
 
+def test_network_adds_its_residual_to_the_callers_image_cropped_to_its_size(model):
+    """The padded copy of the input is not kept through the forward: the output is the
+    cropped network output plus the caller's image, so a zero residual returns the image
+    exactly, at its own size (not a view of a padded map)."""
+    import copy
+
+    silent = copy.deepcopy(model)
+    with torch.no_grad():
+        silent.ending.weight.zero_()
+        silent.ending.bias.zero_()
+    image = torch.rand(1, 3, 37, 53)
+    with torch.inference_mode():
+        out = silent(image, mask=torch.ones(1, 1, 37, 53, dtype=torch.bool)).image
+    assert out.shape == image.shape
+    assert out.untyped_storage().nbytes() == image.numel() * 4
+    assert torch.equal(out, image)
+
+
 def test_bf16_restores_close_to_fp32(model):
     import copy
 
