@@ -17,6 +17,7 @@ from m2ae_core.benchmark.halves import mask_both_halves_
 from m2ae_core.benchmark.models import parse_model_spec
 from m2ae_core.benchmark.options import add_bench_arguments, canonical_command, validate
 from m2ae_core.benchmark.profiling import profile_cell
+from m2ae_core.benchmark.rounds import merge_rounds
 from m2ae_core.benchmark.summary import summarize
 from m2ae_core.benchmark.tiled import compare_tiled
 from m2ae_core.benchmark.workload import blob_mask, parse_size
@@ -193,7 +194,7 @@ def test_canonical_command_round_trips():
     parser = argparse.ArgumentParser()
     add_bench_arguments(parser)
     args = parser.parse_args(["--sizes", "64x48", "--fractions", "0", "12.5", "--device", "cpu",
-                              "--tiled", "--width", "8", "--dtype", "bf16"])
+                              "--tiled", "--width", "8", "--dtype", "bf16", "--rounds", "3"])
     validate(args)
     again = parser.parse_args(canonical_command(args).split()[2:])
     validate(again)
@@ -204,6 +205,8 @@ def test_canonical_command_round_trips():
         validate(parser.parse_args(["--fractions", "120", "--device", "cpu"]))
     with pytest.raises(ConfigError, match="dtype"):
         validate(parser.parse_args(["--dtype", "int8", "--device", "cpu"]))
+    with pytest.raises(ConfigError, match="rounds"):
+        validate(parser.parse_args(["--rounds", "0", "--device", "cpu"]))
 
 
 def test_bf16_cells_run_in_bf16_and_check_with_a_half_precision_tolerance(tmp_path):
@@ -295,6 +298,46 @@ def test_tiny_grid_end_to_end(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "[PASS] pruned output == dense output" in printed
     assert "pruned wall / NAFNet wall" in printed and "bench.json" in printed
+
+
+def _round_cell(wall, peak, diff=None, status="ok"):
+    cell = {"model": "m", "size": [8, 8], "fraction": 10.0, "status": status, "wall_s": wall,
+            "times_s": [wall, wall + 1], "peak_rss_bytes": peak}
+    if diff is not None:
+        cell["check"] = {"max_abs_diff": diff, "ok": diff < 1e-4, "against": "in-cell"}
+    return cell
+
+
+def test_rounds_merge_to_the_median_and_keep_every_round():
+    rounds = [[_round_cell(5.0, 100, 1e-6)], [_round_cell(9.0, 130, 5e-6)],
+              [_round_cell(6.0, 110, 2e-6)]]
+    (cell,) = merge_rounds(rounds)
+    assert cell["wall_s"] == 6.0 and cell["round_wall_s"] == [5.0, 9.0, 6.0]
+    assert cell["peak_rss_bytes"] == 110 and cell["round_peak_rss_bytes"] == [100, 130, 110]
+    assert cell["times_s"] == [5.0, 6.0, 9.0, 10.0, 6.0, 7.0]
+    assert cell["check"]["max_abs_diff"] == 5e-6  # the worst round
+    bad = merge_rounds([[_round_cell(5.0, 100, 1e-6)], [_round_cell(5.0, 100, 1.0)]])[0]
+    assert not bad["check"]["ok"]
+    failed = merge_rounds([[_round_cell(5.0, 100)], [_round_cell(0, 0, status="error")]])[0]
+    assert failed["status"] == "error"
+    single = [_round_cell(5.0, 100)]
+    assert merge_rounds([single]) is single
+
+
+def test_grid_in_rounds_end_to_end(tmp_path):
+    out = tmp_path / "bench"
+    code = main(["bench", "--models", "small-pruned", "nafnet-small", "--sizes", "64x48",
+                 "--fractions", "10", "--repeats", "1", "--rounds", "2", "--threads", "1",
+                 "--out", str(out)])
+    assert code == 0
+    data = json.loads((out / "bench.json").read_text())
+    assert data["settings"]["rounds"] == 2 and "--rounds 2" in data["command"]
+    assert len(data["cells"]) == 2
+    for cell in data["cells"]:
+        assert len(cell["round_wall_s"]) == 2 and len(cell["times_s"]) == 2
+        assert cell["wall_s"] == pytest.approx(sum(cell["round_wall_s"]) / 2)
+    md = (out / "bench.md").read_text()
+    assert "2 rounds" in md and "–" in md
 
 
 def test_plot_when_matplotlib_is_installed(tmp_path):

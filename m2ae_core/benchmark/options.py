@@ -36,6 +36,11 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     grid.add_argument("--repeats", type=int, default=3,
                       help="timed forwards per cell after one warm-up; the median is reported "
                            "(default 3)")
+    grid.add_argument("--rounds", type=int, default=1,
+                      help="run the grid this many times, every cell in a fresh process each "
+                           "round (rounds interleave: all cells once, then again); a cell "
+                           "reports the median over its rounds (default 1). Per-process "
+                           "speed varies on shared machines; rounds average it out")
     grid.add_argument("--no-grid", action="store_true",
                       help="skip the grid (run only --tiled / --design-study / --profile)")
     run = parser.add_argument_group("run")
@@ -79,6 +84,8 @@ def validate(args: argparse.Namespace) -> None:
     """Parse specs and sizes early, so a typo fails before hours of measuring."""
     if args.repeats < 1:
         raise ConfigError("--repeats must be at least 1")
+    if args.rounds < 1:
+        raise ConfigError("--rounds must be at least 1")
     for fraction in args.fractions:
         if not 0 <= fraction <= 100:
             raise ConfigError(f"--fractions are percentages within 0..100, got {fraction:g}")
@@ -118,6 +125,8 @@ def canonical_command(args: argparse.Namespace) -> str:
              "--fractions", *(f"{f:g}" for f in args.fractions),
              "--sizes", *(format_size(h, w) for h, w in args.size_list),
              "--repeats", str(args.repeats), "--device", args.device]
+    if args.rounds > 1:
+        parts += ["--rounds", str(args.rounds)]
     if args.threads:
         parts += ["--threads", str(args.threads)]
     if args.dtype != "fp32":

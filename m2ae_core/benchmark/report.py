@@ -17,6 +17,14 @@ def _stage_share(cell: dict) -> str:
     return ", ".join(f"s{int(s) + 1}: {v:.1%}" for s, v in sorted(shares.items())) or "—"
 
 
+def _wall(cell: dict) -> str:
+    """Median wall time, and the range over rounds when there were several."""
+    rounds = cell.get("round_wall_s")
+    if not rounds:
+        return f"{cell['wall_s']:.3g}"
+    return f"{cell['wall_s']:.3g} ({min(rounds):.3g}–{max(rounds):.3g})"
+
+
 def _check(cell: dict) -> str:
     check = cell.get("check")
     if not check:
@@ -37,8 +45,14 @@ def machine_lines(data: dict) -> list[str]:
              f"- date: {data.get('date', '?')}; total benchmark time {data.get('elapsed_s', 0):.0f} s",
              f"- command: `{data['command']}`"]
     s = data["settings"]
-    lines.append(f"- per cell: a fresh process, 1 warm-up + median of {s['repeats']} timed "
-                 "forwards; peak memory = the process's peak RSS (VmHWM)"
+    rounds = s.get("rounds", 1)
+    per_cell = (f"- per cell: a fresh process, 1 warm-up + median of {s['repeats']} timed "
+                "forwards" if rounds == 1 else
+                f"- per cell: {rounds} rounds (the whole grid once, then again), each a fresh "
+                f"process with 1 warm-up + median of {s['repeats']} timed forwards; the cell "
+                f"reports the median over its rounds of those medians and of the rounds' peaks "
+                f"(wall column: median (lowest–highest round))")
+    lines.append(per_cell + "; peak memory = the process's peak RSS (VmHWM)"
                  + (" and torch.cuda.max_memory_allocated" if str(s["device"]).startswith("cuda")
                     else "") + "; MACs counted analytically from the run's own mask (ptflops style)")
     lines.append("- masks: smooth random blobs at the given share of input pixels, given as a "
@@ -78,7 +92,7 @@ def grid_lines(data: dict) -> list[str]:
                          f"{c.get('status')}: {c.get('error') or c.get('note', '')}"])
             continue
         rows.append([c["size_label"], c["model"], _fraction(c), _stage_share(c),
-                     f"{c['macs'] / 1e9:.4g}", f"{c['wall_s']:.3g}",
+                     f"{c['macs'] / 1e9:.4g}", _wall(c),
                      f"{c[memory] / MIB:.0f}" if c.get(memory) else "—", _check(c)])
     return out + _table(header, rows)
 

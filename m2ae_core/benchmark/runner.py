@@ -18,6 +18,7 @@ from .design import (DESIGN_BASELINE, DESIGN_FRACTION, DESIGN_VARIANTS, design_r
 from .models import parse_model_spec
 from .options import canonical_command, validate
 from .report import write_markdown, write_plot
+from .rounds import merge_rounds
 from .summary import format_lines, summarize
 from .workload import format_size, parse_size
 
@@ -64,6 +65,7 @@ class Bench:
 
     # ------------------------------------------------------------------ the grid
     def run_grid(self) -> None:
+        """Every round of the grid (``--rounds``), merged cell by cell (:mod:`.rounds`)."""
         specs = self.args.specs
         if any(s.base == "default" for s in specs) and not _default_installed():
             from ..weights import DEFAULT_WEIGHTS
@@ -85,6 +87,24 @@ class Bench:
             self.notes.append(f"dense paths are timed at {plain_at:g} % only (their cost does "
                               "not depend on the mask); every pruned cell is still checked "
                               "against a dense forward")
+        rounds = []
+        try:
+            for index in range(self.args.rounds):
+                if self.args.rounds > 1:
+                    print(f"round {index + 1} of {self.args.rounds}", flush=True)
+                self.cells = []
+                self._run_grid_round(twins, plain_at)
+                rounds.append(self.cells)
+        except KeyboardInterrupt:
+            if rounds:  # keep what complete rounds measured
+                self.notes.append(f"interrupted in round {len(rounds) + 1}: the grid's cells "
+                                  f"are the median of the {len(rounds)} complete round(s)")
+                self.cells = merge_rounds(rounds)
+            raise
+        self.cells = merge_rounds(rounds)
+
+    def _run_grid_round(self, twins: set, plain_at: float) -> None:
+        specs = self.args.specs
         for size in self.args.size_list:
             for fraction in self.args.fractions:
                 outputs = {}
@@ -225,7 +245,8 @@ def run_bench(args: argparse.Namespace) -> int:
             "machine": machine_info(args.device, args.threads),
             "settings": {"models": args.models, "fractions": args.fractions,
                          "sizes": [format_size(*s) for s in args.size_list],
-                         "repeats": args.repeats, "device": args.device, "dtype": args.dtype,
+                         "repeats": args.repeats, "rounds": args.rounds,
+                         "device": args.device, "dtype": args.dtype,
                          "threads": args.threads, "width": args.width, "seed": args.seed}}
     with tempfile.TemporaryDirectory(prefix="m2ae-bench-out-") as scratch:
         bench = Bench(args, Path(scratch))
