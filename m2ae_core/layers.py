@@ -54,9 +54,9 @@ class Conv1x1(nn.Conv2d):
     """1x1 convolution, by the faster of two kernels for channels-last input.
 
     Same parameters (and names, and state dict) as ``nn.Conv2d(cin, cout, 1)``. At inference
-    on CPU it is oneDNN's convolution (see :func:`onednn_pointwise`); otherwise a matmul over
-    channels-last pixel rows, which in training on CPU is as fast or faster than the
-    convolution (and the result is channels-last whatever the input's layout).
+    on CPU it is oneDNN's convolution (see :func:`onednn_pointwise`), whose result keeps the
+    input's layout; otherwise a matmul over channels-last pixel rows (in training on CPU about
+    as fast as the convolution), whose result is channels-last whatever the input's layout.
     """
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
