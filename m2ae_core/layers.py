@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .banded import naf_block_banded, wants_bands
+from .precision import cpu_has_native_bf16
 
 
 class LayerNorm2d(nn.Module):
@@ -29,13 +30,15 @@ class LayerNorm2d(nn.Module):
 
 def onednn_pointwise(x: torch.Tensor) -> bool:
     """Whether a 1x1 convolution of ``x`` runs as oneDNN's convolution instead of a matmul:
-    at inference on CPU, in fp32 or bf16. Per call, for the shapes of `paper` and NAFNet-w32
-    at 2152x1436, oneDNN was 1.6-2.3x faster than ``F.linear`` (MKL) at 2 threads in fp32,
-    1.3-1.4x in bf16, and as fast at 1 thread (0.98-1.04x fp32, 1.1-1.3x bf16;
+    at inference on CPU, in fp32, or in bf16 on a CPU that computes it natively (the only
+    kind measured; elsewhere bf16 keeps the matmul). Per call, for the shapes of `paper` and
+    NAFNet-w32 at 2152x1436, oneDNN was 1.6-2.3x faster than ``F.linear`` (MKL) at 2 threads
+    in fp32, 1.3-1.4x in bf16, and as fast at 1 thread (0.98-1.04x fp32, 1.1-1.3x bf16;
     scripts/pointwise_speed.py, docs/results/pointwise-s20/). Training keeps the matmul: its
-    forward + backward were mixed (slower on narrow maps)."""
-    return (x.device.type == "cpu" and not torch.is_grad_enabled()
-            and x.dtype in (torch.float32, torch.bfloat16))
+    forward + backward were mixed (``--backward``: slower on narrow maps)."""
+    if x.device.type != "cpu" or torch.is_grad_enabled():
+        return False
+    return x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and cpu_has_native_bf16())
 
 
 def linear_rows(rows: torch.Tensor, weight: torch.Tensor,

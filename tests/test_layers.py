@@ -8,7 +8,10 @@ from m2ae_core.masked_conv import PrunePlan, pointwise_table
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
-def test_linear_rows_equals_linear_at_inference(dtype, tol):
+def test_linear_rows_equals_linear_at_inference(monkeypatch, dtype, tol):
+    from m2ae_core import layers
+
+    monkeypatch.setattr(layers, "cpu_has_native_bf16", lambda: True)  # the convolution
     gen = torch.Generator().manual_seed(0)
     rows = torch.randn(37, 12, generator=gen).to(dtype)
     weight = torch.randn(20, 12, generator=gen).to(dtype)
@@ -29,10 +32,22 @@ def test_linear_rows_falls_back_to_the_matmul_where_the_convolution_does_not_app
     with torch.inference_mode():
         assert torch.allclose(linear_rows(strided, weight, bias), F.linear(strided, weight, bias))
         assert linear_rows(torch.empty(0, 4), weight, bias).shape == (0, 6)
-    assert not onednn_pointwise(torch.zeros(1, requires_grad=True) * 1)  # training
+    with torch.enable_grad():  # training keeps the matmul
+        assert not onednn_pointwise(torch.zeros(1))
     with torch.inference_mode():
         assert not onednn_pointwise(torch.zeros(1, dtype=torch.float64))
         assert not onednn_pointwise(torch.zeros(1, dtype=torch.float16))
+
+
+def test_bf16_takes_the_convolution_only_where_the_cpu_computes_it(monkeypatch):
+    from m2ae_core import layers
+
+    with torch.inference_mode():
+        monkeypatch.setattr(layers, "cpu_has_native_bf16", lambda: False)
+        assert not onednn_pointwise(torch.zeros(1, dtype=torch.bfloat16))
+        assert onednn_pointwise(torch.zeros(1))
+        monkeypatch.setattr(layers, "cpu_has_native_bf16", lambda: True)
+        assert onednn_pointwise(torch.zeros(1, dtype=torch.bfloat16))
 
 
 def test_conv1x1_gives_the_same_values_by_either_kernel_and_keeps_channels_last():
