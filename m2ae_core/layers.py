@@ -78,8 +78,14 @@ def pixel_rows(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
 
 
-# Bytes of one [pixels, channels] float block that the chunked inference loops keep in cache.
-CHUNK_BYTES = 512 * 1024
+# Bytes of one [pixels, channels] fp32 block of the chunked inference loops (the deformable
+# taps). Per masked pixel of a 25 % blob mask on the 180x270 stage-4 grid, us at 512 KiB /
+# 2 MiB / 8 MiB, all masked pixels in one call and in 12 band-sized calls: 512 channels fp32
+# 2 threads 1.59 / 1.39 / 2.08 and 1.96 / 1.40 / 1.40; 1 thread 2.19 / 1.69 / 2.90 and
+# 2.24 / 1.74 / 1.78; bf16 1.53 / 1.08 / 2.08; 256 channels 0.83 / 0.59 / 1.36; 128 channels
+# 0.48 / 0.36 / 2.97 (session 21, scripts/taps_speed.py, docs/results/taps-s21/). Smaller
+# chunks pay the nine gathers' per-call overhead more often; larger ones leave the cache.
+CHUNK_BYTES = 2 << 20
 
 
 def cache_chunk(channels: int, itemsize: int = 4) -> int:
