@@ -51,17 +51,22 @@ def _gate(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
 
 
 def naf_block_banded(block, x: torch.Tensor, rows: int | None = None,
-                     overwrite_input: bool = False) -> torch.Tensor:
+                     overwrite_input: bool = False,
+                     scratch: torch.Tensor | None = None) -> torch.Tensor:
     """``block(x)`` for a :class:`~m2ae_core.layers.NAFBlock`, band by band (inference).
 
     Pass 1 writes the gated depthwise output of every band into one C-channel map; the
     channel attention then pools it whole; pass 2 finishes each band (both halves' residuals
     included) in place in that map, which becomes the result, or, with ``overwrite_input``
-    (the caller hands ``x`` over), in ``x``.
+    (the caller hands ``x`` over), in ``x``. ``scratch``: a map like ``x`` to hold pass 1's
+    output instead of a new one (a stage hands every block the same; only with
+    ``overwrite_input``, since the result must not be the scratch map).
     """
+    if scratch is not None and not overwrite_input:
+        raise ValueError("a scratch map needs overwrite_input: the result would be the scratch")
     _, _, h, _ = x.shape
     rows = rows or band_rows(x, block.conv1.out_channels)
-    out = torch.empty_like(x)
+    out = torch.empty_like(x) if scratch is None else scratch
     for top, bottom in bands(h, rows):
         # the depthwise 3x3 needs one row of 1x1 output above and below the band; at the
         # image's edges its own zero padding stands in, as in the whole-map evaluation

@@ -63,6 +63,42 @@ def test_naf_stage_overwrites_only_its_own_maps_unless_handed_over(monkeypatch):
     torch.testing.assert_close(handed_over, whole, atol=1e-5, rtol=1e-5)
 
 
+def test_naf_stage_gives_its_banded_blocks_one_scratch_map(monkeypatch):
+    """The blocks of a stage share one intermediate map (allocated once), and only blocks whose
+    input is the stage's own (or handed over) get it: the values stay those of whole maps."""
+    from m2ae_core.layers import NAFStage
+
+    monkeypatch.setattr(banded, "CPU_BAND_BYTES", 1)
+    torch.manual_seed(2)
+    stage = NAFStage(*[activate_all_branches_(NAFBlock(8)) for _ in range(4)]).eval()
+    x = torch.randn(1, 8, 33, 10).contiguous(memory_format=torch.channels_last)
+    seen = []
+    original = banded.naf_block_banded
+
+    def recording(block, x, rows=None, overwrite_input=False, scratch=None):
+        seen.append(None if scratch is None else scratch.data_ptr())
+        return original(block, x, rows, overwrite_input, scratch)
+
+    monkeypatch.setattr("m2ae_core.layers.naf_block_banded", recording)
+    with torch.enable_grad():
+        whole = stage(x).detach()
+    with torch.inference_mode():
+        kept = stage(x)
+        assert seen[0] is None and len(set(seen[1:])) == 1 and seen[1] is not None
+        seen.clear()
+        handed_over = stage(x.clone(), overwrite_input=True)
+        assert seen[0] is not None and len(set(seen)) == 1
+    torch.testing.assert_close(kept, whole, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(handed_over, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_a_scratch_map_needs_the_input_handed_over():
+    block = NAFBlock(8).eval()
+    x = torch.randn(1, 8, 20, 6).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), pytest.raises(ValueError, match="overwrite_input"):
+        banded.naf_block_banded(block, x, 4, scratch=torch.empty_like(x))
+
+
 def test_banded_block_in_bfloat16():
     torch.manual_seed(1)
     block = activate_all_branches_(NAFBlock(16).eval()).bfloat16()
