@@ -190,6 +190,8 @@ class NAFStage(nn.Sequential):
     into its input's memory. Called as ``x = stage(x)``, a caller still holds the stage's input
     while the stage runs: one map more than the blocks need, 50 MiB at the 28-block stage 4 of
     NAFNet-w32 at 2152x1436 (its peak). Each block's input after the first is the stage's own.
+    Blocks that run in bands share one intermediate map (``scratch`` of
+    :func:`~m2ae_core.banded.naf_block_banded`) instead of allocating one each.
     """
 
     def forward(self, x: torch.Tensor, overwrite_input: bool = False) -> torch.Tensor:
