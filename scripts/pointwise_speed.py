@@ -78,5 +78,6 @@ def _step(fn, backward: bool) -> None:
     with torch.inference_mode():
         fn()
 
+
 if __name__ == "__main__":
     main()

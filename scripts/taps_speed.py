@@ -8,9 +8,9 @@ fp32 accumulators): nine ``embedding_bag`` gathers and nine multiply-adds per ch
 times it on the 180x270 stage-4 grid of a 2152x1436 photo, for the masked pixels of a blob
 mask with random trajectories (start and end displacements of standard deviation 3 pixels),
 called once for all of them (the whole-map path) and band by band (12 calls: the banded
-block, :mod:`m2ae_core.m2as_banded`). Prints
-microseconds per masked pixel for each chunk size (median of --repeats; the sizes take
-turns, so that the machine's drift hits them alike).
+block, :mod:`m2ae_core.m2as_banded`). Prints microseconds per masked pixel for each chunk
+size (median of --repeats; the sizes take turns, so that the machine's drift hits them
+alike).
 """
 from __future__ import annotations
 
