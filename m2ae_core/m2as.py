@@ -10,7 +10,7 @@ from torch import nn
 from .deform import MotionDeformConv, deform_conv_rows
 from .layers import (Conv1x1, GlobalMax, GlobalMean, LayerNorm2d, NAFBlock, linear_rows,
                      pixel_rows, simple_gate)
-from .m2as_banded import m2as_block_banded, wants_m2as_bands
+from .m2as_banded import StageWorkspace, m2as_block_banded, wants_m2as_bands
 from .masked_conv import PrunePlan, masked_conv_dense, masked_gated_conv_pruned
 
 
@@ -225,16 +225,18 @@ class M2ASBlock(NAFBlock):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, start: torch.Tensor,
                 end: torch.Tensor, plan: PrunePlan | None = None, gated: bool = True,
-                prune_conv: bool = False, overwrite_input: bool = False) -> torch.Tensor:
+                prune_conv: bool = False, overwrite_input: bool = False,
+                workspace: StageWorkspace | None = None) -> torch.Tensor:
         """Without ``plan``: the dense reference formula everywhere. With it, the trajectory is
         sampled only on the mask (exact when ``gated``), and ``prune_conv`` also restricts the
         mask-aware conv to the mask (eval only: it has no gradient towards the mask).
         ``overwrite_input``: the caller hands ``x`` over, and the result may be written into
-        it (large maps at inference: less memory)."""
+        it (large maps at inference: less memory). ``workspace``: where the banded evaluation
+        puts its tables (see :class:`~m2ae_core.m2as_banded.StageWorkspace`)."""
         if plan is not None and gated and prune_conv and wants_m2as_bands(x, plan):
             # a large map at inference: in bands, less memory
             return m2as_block_banded(self, x, plan, start, end,
-                                     overwrite_input=overwrite_input)
+                                     overwrite_input=overwrite_input, workspace=workspace)
         mid = self.masked_spatial_mix(x, mask, plan if prune_conv else None)
         return self.motion_aware_half(mid, start, end, plan, gated, prune_conv)
 
@@ -410,10 +412,15 @@ class M2ASStage(nn.Module):
         # path; it drops only the gradient towards switching on unmasked pixels through the
         # trajectory (the mask-aware conv and L_mask still carry it), and saves ~1/3 of a step.
         plan = PrunePlan.from_mask(info.mask > 0.5) if pruned or self.training else None
+        # The blocks share one plan and trajectory: at inference they share their tables too.
+        # Pruned `paper` stage-4 block at 2152x1436 in the network, 5 / 10 / 25 / 50 % masked:
+        # 105 / 116 / 140 / 190 -> 102 / 111 / 134 / 172 ms (session 22,
+        # docs/results/workspace-s22/).
+        workspace = StageWorkspace() if pruned and not torch.is_grad_enabled() else None
         for index, block in enumerate(self.blocks()):
             # each block's output is the stage's own: the next block may overwrite it
             x = block(x, info.mask, info.start, info.end, plan, self.gate_trajectory, pruned,
-                      overwrite_input=overwrite_input or index > 0)
+                      overwrite_input=overwrite_input or index > 0, workspace=workspace)
         if plan is not None:
             info.dilated_pixels = plan.dilated
         return x, info

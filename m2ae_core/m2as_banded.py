@@ -40,44 +40,57 @@ def wants_m2as_bands(x: torch.Tensor, plan: PrunePlan) -> bool:
             and wants_bands(x, 2 * x.shape[1]))
 
 
-class TapTable:
-    """The folded conv4 rows that the masked pixels' deformable taps read, filled band by band.
+class TapReads:
+    """Where the masked pixels' deformable taps read: bilinear corners as rows of the table
+    (``corner_rows``, with ``corner_weights``), the map rows the table holds (``needed``,
+    ascending) and, per masked pixel, the last grid row its taps read (``reach``). The same
+    for every block of a stage (one plan, one trajectory)."""
 
-    ``corner_rows`` index the table (not the map); ``reach`` is, per masked pixel, the last
-    grid row its taps read."""
-
-    def __init__(self, plan: PrunePlan, start: torch.Tensor, end: torch.Tensor, fold,
-                 channels: int, dtype: torch.dtype) -> None:
+    def __init__(self, plan: PrunePlan, start: torch.Tensor, end: torch.Tensor, taps: int,
+                 dtype: torch.dtype) -> None:
         w = plan.shape[2]
         compute = coordinate_dtype(dtype)
         corners, self.corner_weights = sample_corners(
             plan.shape, plan.item, plan.row, plan.col,
             start[plan.item, :, plan.row, plan.col].to(compute),
-            end[plan.item, :, plan.row, plan.col].to(compute), fold.taps.shape[1])
+            end[plan.item, :, plan.row, plan.col].to(compute), taps)
         self.reach = corners.flatten(1).amax(1) // w
         touched = torch.zeros(plan.total, dtype=torch.bool, device=corners.device)
         touched[corners.flatten()] = True
-        self.needed = touched.nonzero().squeeze(1)  # map rows in the table, ascending
+        self.needed = touched.nonzero().squeeze(1)
         del touched
         position = torch.empty(plan.total, dtype=torch.long, device=corners.device)
         position[self.needed] = torch.arange(self.needed.numel(), device=corners.device)
         self.corner_rows = position[corners]
-        self.table = torch.empty(self.needed.numel(), channels, dtype=dtype,
-                                 device=corners.device)
+
+
+class TapTable:
+    """The folded conv4 rows that the masked pixels' deformable taps read (:class:`TapReads`),
+    filled band by band."""
+
+    def __init__(self, reads: TapReads, channels: int, dtype: torch.dtype,
+                 workspace: "StageWorkspace | None" = None) -> None:
+        self.reads = reads
+        shape = (reads.needed.numel(), channels)
+        device = reads.needed.device
+        self.table = (workspace.take("table", shape, dtype, device) if workspace is not None
+                      else torch.empty(shape, dtype=dtype, device=device))
 
     def keep(self, folded: torch.Tensor, first_row: int, end_row: int) -> None:
         """Copy the needed rows among map rows [first_row, end_row) (``folded``)."""
-        begin, stop = _range_of(self.needed, first_row, end_row)
+        needed = self.reads.needed
+        begin, stop = _range_of(needed, first_row, end_row)
         if stop > begin:
-            torch.index_select(folded, 0, self.needed[begin:stop] - first_row,
+            torch.index_select(folded, 0, needed[begin:stop] - first_row,
                                out=self.table[begin:stop])
 
     def gated_taps(self, fold, first: int, last: int) -> torch.Tensor:
         """Gated deformable taps [n, C] of masked pixels [first, last) (``mask_index`` ranks):
         every row they read must be in the table."""
-        sampled = fold.kept_bias.to(self.corner_weights.dtype).expand(last - first, -1).clone()
-        accumulate_taps(sampled, self.table, self.corner_rows[first:last],
-                        self.corner_weights[first:last], fold.taps, fold.border)
+        reads = self.reads
+        sampled = fold.kept_bias.to(reads.corner_weights.dtype).expand(last - first, -1).clone()
+        accumulate_taps(sampled, self.table, reads.corner_rows[first:last],
+                        reads.corner_weights[first:last], fold.taps, fold.border)
         return simple_gate(sampled.to(self.table.dtype))
 
 
@@ -88,10 +101,67 @@ def _range_of(sorted_index: torch.Tensor, begin: int, end: int) -> tuple[int, in
     return i, j
 
 
-def _masked_mix(block, x: torch.Tensor, plan: PrunePlan) -> torch.Tensor | None:
+class StageWorkspace:
+    """What the banded blocks of one stage share at inference instead of making anew each
+    (they share one plan and one trajectory, so sizes and sampling positions repeat): buffers
+    for their largest temporaries (the mask-aware conv's table, its output at the masked
+    pixels, the :class:`TapTable`) and the taps' :class:`TapReads`. Fresh, each table of
+    16 MiB or more would be a new mapping (:mod:`.memory`), which costs more to fault in than
+    to fill. Each named buffer has one taker at a time: a take invalidates what the previous
+    take of that name returned."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+        self._reads: tuple[tuple, TapReads] | None = None
+
+    def take(self, name: str, shape: tuple[int, int], dtype: torch.dtype,
+             device) -> torch.Tensor:
+        """An uninitialised [rows, cols] tensor in buffer ``name`` (grown when too small)."""
+        size = shape[0] * shape[1]
+        buffer = self._buffers.get(name)
+        if (buffer is None or buffer.numel() < size or buffer.dtype != dtype
+                or buffer.device != torch.device(device)):
+            self._buffers.pop(name, None)  # the old buffer goes before the new one is made
+            self._buffers[name] = buffer = torch.empty(size, dtype=dtype, device=device)
+        return buffer[:size].view(shape)
+
+    def tap_reads(self, plan: PrunePlan, start: torch.Tensor, end: torch.Tensor, taps: int,
+                  dtype: torch.dtype) -> TapReads:
+        """:class:`TapReads` for these arguments, built by the first block that asks."""
+        key = (plan, start, end, taps, dtype)
+        if self._reads is None or any(a is not b for a, b in zip(self._reads[0], key)):
+            self._reads = (key, TapReads(plan, start, end, taps, dtype))
+        return self._reads[1]
+
+
+# Dilated-set rows through norm1 and conv1 at once when the table goes into a workspace:
+# the gathered rows, their norm and the conv output stay in the heap, in cache.
+TABLE_CHUNK_ROWS = 4096
+
+
+def _pointwise_table_into(table: torch.Tensor, block, rows: torch.Tensor,
+                          index: torch.Tensor) -> torch.Tensor:
+    """:func:`pointwise_table` of ``norm1(rows[index])``, chunk by chunk, into ``table``."""
+    weight = block.conv1.weight.view(block.conv1.out_channels, -1)
+    for first in range(0, index.numel(), TABLE_CHUNK_ROWS):
+        part = index[first:first + TABLE_CHUNK_ROWS]
+        normed = block.norm1.rows(rows.index_select(0, part))
+        table[first:first + part.numel()] = linear_rows(normed, weight, block.conv1.bias)
+    table[-1] = 0
+    return table
+
+
+def _masked_mix(block, x: torch.Tensor, plan: PrunePlan,
+                workspace: "StageWorkspace | None" = None) -> torch.Tensor | None:
     """The gated mask-aware conv at the masked pixels [Q, C] (None: no masked pixel)."""
     if not plan.masked:
         return None
+    if workspace is not None:
+        table = workspace.take("table", (plan.table_index.numel(), block.conv1.out_channels),
+                               x.dtype, x.device)
+        table = _pointwise_table_into(table, block, pixel_rows(x), plan.table_index)
+        out = workspace.take("mix", (plan.masked, x.shape[1]), x.dtype, x.device)
+        return masked_gated_depthwise(table, plan, block.conv2, out=out)
     dilated = pixel_rows(x).index_select(0, plan.table_index)
     table = pointwise_table(block.norm1.rows(dilated), block.conv1)
     del dilated
@@ -135,15 +205,17 @@ def _channel_attention(block, x: torch.Tensor, plan: PrunePlan, masked_mix, rows
 
 def m2as_block_banded(block, x: torch.Tensor, plan: PrunePlan, start: torch.Tensor,
                       end: torch.Tensor, rows: int | None = None,
-                      overwrite_input: bool = False) -> torch.Tensor:
+                      overwrite_input: bool = False,
+                      workspace: StageWorkspace | None = None) -> torch.Tensor:
     """``block(x, mask, start, end, plan, gated=True, prune_conv=True)``, band by band.
 
     ``overwrite_input``: the caller hands ``x`` over (it holds no other reference that it
     reads later) and the result is written into it: the block then holds one whole map.
+    ``workspace``: where the block's tables go (a stage hands every block the same).
     """
     _, c, h, w = x.shape
     rows = rows or band_rows(x, 2 * c)
-    masked_mix = _masked_mix(block, x, plan)
+    masked_mix = _masked_mix(block, x, plan, workspace)
     attention, mix = _channel_attention(block, x, plan, masked_mix, rows)
     out = x if overwrite_input else torch.empty_like(x)
     for top, bottom in bands(h, rows):
@@ -153,7 +225,13 @@ def m2as_block_banded(block, x: torch.Tensor, plan: PrunePlan, start: torch.Tens
                                               block.conv3(band * attention))
     del mix, band, masked_mix, x
     fold = block.folded_conv4()
-    taps = TapTable(plan, start, end, fold, 2 * c, out.dtype) if plan.masked else None
+    taps = None
+    if plan.masked:
+        taps_per_pixel = fold.taps.shape[1]
+        reads = (workspace.tap_reads(plan, start, end, taps_per_pixel, out.dtype)
+                 if workspace is not None else
+                 TapReads(plan, start, end, taps_per_pixel, out.dtype))
+        taps = TapTable(reads, 2 * c, out.dtype, workspace)
     # folded bands waiting for rows their taps read: (last grid row they read, band)
     pending = deque()
 
@@ -173,7 +251,7 @@ def m2as_block_banded(block, x: torch.Tensor, plan: PrunePlan, start: torch.Tens
         if taps is not None:
             taps.keep(folded, top * w, bottom * w)
             if last > first:
-                reach = int(taps.reach[first:last].max())
+                reach = int(taps.reads.reach[first:last].max())
         pending.append((reach, (top, bottom, fold.gate_(folded), first, last)))
         while pending and pending[0][0] < bottom:  # every row it reads is computed
             finish(*pending.popleft()[1])

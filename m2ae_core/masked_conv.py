@@ -153,13 +153,15 @@ def pointwise_table(gathered: torch.Tensor, conv1: nn.Conv2d) -> torch.Tensor:
     return table
 
 
-def masked_gated_depthwise(table: torch.Tensor, plan: PrunePlan,
-                           conv2: nn.Conv2d) -> torch.Tensor:
+def masked_gated_depthwise(table: torch.Tensor, plan: PrunePlan, conv2: nn.Conv2d,
+                           out: torch.Tensor | None = None) -> torch.Tensor:
     """``simple_gate(conv2(.))`` at the masked pixels [Q, C] (``mask_index`` order), from the
-    :func:`pointwise_table` of the dilated set: tile by tile, in cache-sized groups."""
+    :func:`pointwise_table` of the dilated set: tile by tile, in cache-sized groups, into
+    ``out`` when given ([Q, C], the table's dtype)."""
     tiles, inner = plan.tiles, table.shape[1]
     side = tiles.side
-    out = table.new_empty(plan.masked, inner // 2)
+    if out is None:
+        out = table.new_empty(plan.masked, inner // 2)
     group = max(1, TILE_CHUNK_BYTES // ((side + 2) ** 2 * inner * table.element_size()))
     for first in range(0, tiles.count, group):
         last = min(first + group, tiles.count)

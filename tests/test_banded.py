@@ -315,3 +315,82 @@ def test_bfloat16_network_with_bands_matches_without(monkeypatch):
     assert in_bands.dtype == torch.float32  # the residual is added to the fp32 input
     # bf16 rounds differently along the two paths; the images stay within its precision
     assert (in_bands - whole).abs().max() < 3e-2
+
+
+def test_stage_workspace_reuses_a_buffer_until_it_is_too_small():
+    from m2ae_core.m2as_banded import StageWorkspace
+
+    workspace = StageWorkspace()
+    first = workspace.take("table", (10, 4), torch.float32, "cpu")
+    smaller = workspace.take("table", (3, 4), torch.float32, "cpu")
+    assert smaller.shape == (3, 4) and smaller.data_ptr() == first.data_ptr()
+    other = workspace.take("mix", (10, 4), torch.float32, "cpu")
+    assert other.data_ptr() != first.data_ptr()  # names never alias
+    larger = workspace.take("table", (11, 4), torch.float32, "cpu")
+    assert larger.shape == (11, 4)
+    assert workspace.take("table", (11, 4), torch.float32, "cpu").data_ptr() == larger.data_ptr()
+    assert workspace.take("table", (2, 2), torch.float64, "cpu").dtype == torch.float64
+
+
+def test_stage_workspace_builds_the_tap_reads_once_per_plan_and_trajectory():
+    from m2ae_core.m2as_banded import StageWorkspace
+
+    _, _, _, start, end, plan = _m2as_case("blob")
+    workspace = StageWorkspace()
+    reads = workspace.tap_reads(plan, start, end, 9, torch.float32)
+    assert workspace.tap_reads(plan, start, end, 9, torch.float32) is reads
+    assert workspace.tap_reads(plan, start.clone(), end, 9, torch.float32) is not reads
+    _, _, _, start2, end2, plan2 = _m2as_case("border")
+    assert workspace.tap_reads(plan2, start2, end2, 9, torch.float32).needed.numel() \
+        != reads.needed.numel()
+
+
+@pytest.mark.parametrize("kind", ["blob", "border", "mostly", "empty"])
+def test_banded_m2as_blocks_sharing_a_workspace_equal_the_pruned_blocks(kind):
+    """Two blocks in a row with one workspace (as a stage runs them): the second reuses the
+    first's tables and tap reads, and both give the pruned block's values."""
+    from m2ae_core.m2as import M2ASBlock
+    from m2ae_core.m2as_banded import StageWorkspace, m2as_block_banded
+
+    first, x, mask, start, end, plan = _m2as_case(kind, motion=6.0)
+    torch.manual_seed(9)
+    second = activate_all_branches_(M2ASBlock(x.shape[1]), seed=9).eval()
+    workspace = StageWorkspace()
+    with torch.inference_mode():
+        expected = x
+        for block in (first, second):
+            expected = block.motion_aware_half(block.masked_spatial_mix(expected, mask, plan),
+                                               start, end, plan, True, True)
+        out = x.clone()
+        pointers = []
+        for block in (first, second):
+            out = m2as_block_banded(block, out, plan, start, end, 7, overwrite_input=True,
+                                    workspace=workspace)
+            pointers.append({name: buffer.data_ptr()
+                             for name, buffer in workspace._buffers.items()})
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    if plan.masked:
+        assert set(pointers[0]) == {"table", "mix"}
+    assert pointers[1] == pointers[0]  # nothing allocated anew for the second block
+
+
+def test_an_m2as_stage_hands_its_blocks_one_workspace_at_inference_only(monkeypatch):
+    from m2ae_core.m2as import M2ASStage
+
+    stage = activate_all_branches_(M2ASStage(8, blocks=3, stage=1)).eval()
+    seen = []
+    for block in stage.blocks():
+        original = block.forward
+        monkeypatch.setattr(block, "forward",
+                            lambda *a, _f=original, **k: seen.append(k["workspace"])
+                            or _f(*a, **k))
+    x = torch.randn(1, 8, 12, 16).contiguous(memory_format=torch.channels_last)
+    mask = torch.zeros(1, 1, 12, 16, dtype=torch.bool)
+    mask[..., 3:8, 4:10] = True
+    with torch.inference_mode():
+        stage(x, mask, pruned=True)
+    assert len(seen) == 3 and seen[0] is not None and all(w is seen[0] for w in seen)
+    seen.clear()
+    with torch.inference_mode():
+        stage(x, mask, pruned=False)
+    assert seen == [None] * 3
