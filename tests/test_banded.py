@@ -346,12 +346,17 @@ def test_stage_workspace_builds_the_tap_reads_once_per_plan_and_trajectory():
 
 
 @pytest.mark.parametrize("kind", ["blob", "border", "mostly", "empty"])
-def test_banded_m2as_blocks_sharing_a_workspace_equal_the_pruned_blocks(kind):
+@pytest.mark.parametrize("chunk_rows", [7, 4096])
+def test_banded_m2as_blocks_sharing_a_workspace_equal_the_pruned_blocks(kind, chunk_rows,
+                                                                        monkeypatch):
     """Two blocks in a row with one workspace (as a stage runs them): the second reuses the
-    first's tables and tap reads, and both give the pruned block's values."""
+    first's tables and tap reads, and both give the pruned block's values (the table filled
+    in chunks of 7 dilated rows, and in one)."""
+    from m2ae_core import m2as_banded
     from m2ae_core.m2as import M2ASBlock
     from m2ae_core.m2as_banded import StageWorkspace, m2as_block_banded
 
+    monkeypatch.setattr(m2as_banded, "TABLE_CHUNK_ROWS", chunk_rows)
     first, x, mask, start, end, plan = _m2as_case(kind, motion=6.0)
     torch.manual_seed(9)
     second = activate_all_branches_(M2ASBlock(x.shape[1]), seed=9).eval()
