@@ -31,9 +31,10 @@ def _masked_linear(rows: torch.Tensor, conv, index: torch.Tensor, rep: int) -> t
 def forward_both_halves(block: M2ASBlock, x: torch.Tensor, mask: torch.Tensor,
                         start: torch.Tensor, end: torch.Tensor, plan: PrunePlan | None = None,
                         gated: bool = True, prune_conv: bool = False,
-                        overwrite_input: bool = False) -> torch.Tensor:
+                        overwrite_input: bool = False, workspace=None) -> torch.Tensor:
     """An M2AS block with both halves masked; pruned when ``plan`` and ``prune_conv`` are given.
-    ``overwrite_input`` is accepted (the stage passes it) and not used: ``x`` is left alone."""
+    ``overwrite_input`` and ``workspace`` are accepted (the stage passes them) and not used:
+    ``x`` is left alone, and the prototype makes its own tables."""
     if plan is None or not prune_conv or not gated:
         return reference_both_halves(block, x, mask, start, end)
     mid = block.masked_spatial_mix(x, mask, plan)
