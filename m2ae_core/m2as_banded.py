@@ -8,8 +8,9 @@ first half. Pass 3 runs the folded conv4, the gate, conv5 and the residual band 
 place. The masked pixels' deformable taps may read other bands' folded conv4 output, later
 ones included: every band keeps the rows that taps read in a table (:class:`TapTable`), and a
 band is finished only once every row its taps read has been computed (usually one band
-later). Same values as :meth:`M2ASBlock.forward` on the pruned path (tests:
-``tests/test_banded.py``).
+later). The blocks of a stage share their tables and the taps' sampling positions through
+one :class:`StageWorkspace`. Same values as :meth:`M2ASBlock.forward` on the pruned path
+(tests: ``tests/test_banded.py``).
 
 Where it applies: inference, one image, a channels-last map of more than one band, the pruned
 path with at most ``M2AS_BAND_SHARE`` of the grid masked.
@@ -112,7 +113,8 @@ class StageWorkspace:
 
     def __init__(self) -> None:
         self._buffers: dict[str, torch.Tensor] = {}
-        self._reads: tuple[tuple, TapReads] | None = None
+        # (plan, start, end), (taps, dtype) and what they gave
+        self._reads: tuple[tuple, tuple, TapReads] | None = None
 
     def take(self, name: str, shape: tuple[int, int], dtype: torch.dtype,
              device) -> torch.Tensor:
@@ -128,10 +130,11 @@ class StageWorkspace:
     def tap_reads(self, plan: PrunePlan, start: torch.Tensor, end: torch.Tensor, taps: int,
                   dtype: torch.dtype) -> TapReads:
         """:class:`TapReads` for these arguments, built by the first block that asks."""
-        key = (plan, start, end, taps, dtype)
-        if self._reads is None or any(a is not b for a, b in zip(self._reads[0], key)):
-            self._reads = (key, TapReads(plan, start, end, taps, dtype))
-        return self._reads[1]
+        objects, values = (plan, start, end), (taps, dtype)
+        if (self._reads is None or self._reads[1] != values
+                or any(a is not b for a, b in zip(self._reads[0], objects))):
+            self._reads = (objects, values, TapReads(plan, start, end, taps, dtype))
+        return self._reads[2]
 
 
 # Dilated-set rows through norm1 and conv1 at once when the table goes into a workspace:
@@ -152,7 +155,7 @@ def _pointwise_table_into(table: torch.Tensor, block, rows: torch.Tensor,
 
 
 def _masked_mix(block, x: torch.Tensor, plan: PrunePlan,
-                workspace: "StageWorkspace | None" = None) -> torch.Tensor | None:
+                workspace: StageWorkspace | None = None) -> torch.Tensor | None:
     """The gated mask-aware conv at the masked pixels [Q, C] (None: no masked pixel)."""
     if not plan.masked:
         return None
