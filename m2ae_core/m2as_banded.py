@@ -13,7 +13,7 @@ one :class:`StageWorkspace`. Same values as :meth:`M2ASBlock.forward` on the pru
 (tests: ``tests/test_banded.py``).
 
 Where it applies: inference, one image, a channels-last map of more than one band, the pruned
-path with at most ``M2AS_BAND_SHARE`` of the grid masked.
+path with less than ``M2AS_BAND_SHARE`` of the grid masked (any mask but a full one).
 """
 from __future__ import annotations
 
@@ -26,17 +26,19 @@ from .deform import accumulate_taps, coordinate_dtype, sample_corners
 from .layers import linear_rows, pixel_rows, simple_gate
 from .masked_conv import PrunePlan, masked_gated_depthwise, pointwise_table
 
-# Up to this share of masked pixels the banded block is at least as fast as the whole-map one
-# (above it the whole-map path runs the mix densely). Per `paper` stage-4 block at 2152x1436
-# (180x270, 256 channels, fp32, 2 threads), whole / banded, ms (two runs each;
-# scripts/m2as_crossovers.py, docs/results/block-s19/): 10 % 193-200 / 176, 25 % 216-219 /
-# 216-218, 50 % 266-293 / 270-271, 75 % 324-327 / 322-325, 90 % 336-346 / 356-357
-# (NAF block: 227-241).
-M2AS_BAND_SHARE = 0.6
+# Below this share of masked pixels a block runs in bands (1.0: every mask but a full one, which
+# takes the whole-map path: dense convolutions, no gathers). Per `paper` stage-4 block at
+# 2152x1436 (180x270, 256 channels, fp32, 2 threads; 4 blocks in the network, the banded ones
+# sharing a StageWorkspace), whole / banded ms at 50 / 75 / 90 / 99.6 / 100 % masked: 230 / 182,
+# 222 / 227, 246 / 230, 258 / 232, 227 / 243; whole forwards at 75 and 99.6 %: 9.28 -> 8.21 and
+# 9.83 -> 9.63 s, peak 1483 -> 1339 and 1500 -> 1361 MiB (session 22,
+# docs/results/workspace-s22/crossover.txt). Without the workspace (session 19) the banded
+# block lost above ~60 %.
+M2AS_BAND_SHARE = 1.0
 
 
 def wants_m2as_bands(x: torch.Tensor, plan: PrunePlan) -> bool:
-    return (x.shape[0] == 1 and plan.masked <= M2AS_BAND_SHARE * plan.total
+    return (x.shape[0] == 1 and plan.masked < M2AS_BAND_SHARE * plan.total
             and x.is_contiguous(memory_format=torch.channels_last)
             and wants_bands(x, 2 * x.shape[1]))
 

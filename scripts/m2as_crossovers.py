@@ -7,7 +7,10 @@ For each blob-mask share it prints, in ms (median of --repeats after a warm-up):
 - the mask-aware mix (conv1 + depthwise 3x3 + gate) pruned on the mask's tiles against the
   dense mix: where ``masked_conv.DENSE_MIX_SHARE`` belongs;
 - the whole block on the whole map against the block in bands of rows (twice each,
-  alternated): where ``m2as_banded.M2AS_BAND_SHARE`` belongs; the NAF block for scale.
+  alternated): where ``m2as_banded.M2AS_BAND_SHARE`` belongs; the NAF block for scale. The
+  banded block here makes its tables afresh, as a stage's first block does; the later blocks
+  of a stage reuse them (``StageWorkspace``), which session 22 measured on 4 blocks with
+  docs/results/workspace-s22/crossover.py.
 Grid: 2152x1436's stage-4 grid (180x270, 256 channels), random weights with every branch
 active, trajectories of ~2 px on the mask. For choosing thresholds; the issue's numbers come
 from `m2ae bench`.
