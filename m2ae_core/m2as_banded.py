@@ -24,7 +24,7 @@ import torch
 from .banded import band_rows, bands, wants_bands
 from .deform import accumulate_taps, coordinate_dtype, sample_corners
 from .layers import linear_rows, pixel_rows, simple_gate
-from .masked_conv import PrunePlan, masked_gated_depthwise, pointwise_table
+from .masked_conv import PrunePlan, masked_gated_depthwise
 
 # Below this share of masked pixels a block runs in bands (1.0: every mask but a full one, which
 # takes the whole-map path: dense convolutions, no gathers). Per `paper` stage-4 block at
@@ -72,12 +72,11 @@ class TapTable:
     filled band by band."""
 
     def __init__(self, reads: TapReads, channels: int, dtype: torch.dtype,
-                 workspace: "StageWorkspace | None" = None) -> None:
+                 workspace: "StageWorkspace") -> None:
         self.reads = reads
         shape = (reads.needed.numel(), channels)
         device = reads.needed.device
-        self.table = (workspace.take("table", shape, dtype, device) if workspace is not None
-                      else torch.empty(shape, dtype=dtype, device=device))
+        self.table = workspace.take("table", shape, dtype, device)
 
     def keep(self, folded: torch.Tensor, first_row: int, end_row: int) -> None:
         """Copy the needed rows among map rows [first_row, end_row) (``folded``)."""
@@ -139,14 +138,15 @@ class StageWorkspace:
         return self._reads[2]
 
 
-# Dilated-set rows through norm1 and conv1 at once when the table goes into a workspace:
-# the gathered rows, their norm and the conv output stay in the heap, in cache.
+# Dilated-set rows through norm1 and conv1 at once, into the workspace's table: the gathered
+# rows, their norm and the conv output stay in the heap, in cache.
 TABLE_CHUNK_ROWS = 4096
 
 
 def _pointwise_table_into(table: torch.Tensor, block, rows: torch.Tensor,
                           index: torch.Tensor) -> torch.Tensor:
-    """:func:`pointwise_table` of ``norm1(rows[index])``, chunk by chunk, into ``table``."""
+    """:func:`~m2ae_core.masked_conv.pointwise_table` of ``norm1(rows[index])``, chunk by chunk,
+    into ``table``."""
     weight = block.conv1.weight.view(block.conv1.out_channels, -1)
     for first in range(0, index.numel(), TABLE_CHUNK_ROWS):
         part = index[first:first + TABLE_CHUNK_ROWS]
@@ -157,20 +157,15 @@ def _pointwise_table_into(table: torch.Tensor, block, rows: torch.Tensor,
 
 
 def _masked_mix(block, x: torch.Tensor, plan: PrunePlan,
-                workspace: StageWorkspace | None = None) -> torch.Tensor | None:
+                workspace: StageWorkspace) -> torch.Tensor | None:
     """The gated mask-aware conv at the masked pixels [Q, C] (None: no masked pixel)."""
     if not plan.masked:
         return None
-    if workspace is not None:
-        table = workspace.take("table", (plan.table_index.numel(), block.conv1.out_channels),
-                               x.dtype, x.device)
-        table = _pointwise_table_into(table, block, pixel_rows(x), plan.table_index)
-        out = workspace.take("mix", (plan.masked, x.shape[1]), x.dtype, x.device)
-        return masked_gated_depthwise(table, plan, block.conv2, out=out)
-    dilated = pixel_rows(x).index_select(0, plan.table_index)
-    table = pointwise_table(block.norm1.rows(dilated), block.conv1)
-    del dilated
-    return masked_gated_depthwise(table, plan, block.conv2).to(x.dtype)
+    table = workspace.take("table", (plan.table_index.numel(), block.conv1.out_channels),
+                           x.dtype, x.device)
+    table = _pointwise_table_into(table, block, pixel_rows(x), plan.table_index)
+    out = workspace.take("mix", (plan.masked, x.shape[1]), x.dtype, x.device)
+    return masked_gated_depthwise(table, plan, block.conv2, out=out)
 
 
 def _mix_band(block, x: torch.Tensor, plan: PrunePlan, masked_mix: torch.Tensor | None,
@@ -216,9 +211,11 @@ def m2as_block_banded(block, x: torch.Tensor, plan: PrunePlan, start: torch.Tens
 
     ``overwrite_input``: the caller hands ``x`` over (it holds no other reference that it
     reads later) and the result is written into it: the block then holds one whole map.
-    ``workspace``: where the block's tables go (a stage hands every block the same).
+    ``workspace``: where the block's tables go (a stage hands every block the same; without
+    one the block makes its own).
     """
     _, c, h, w = x.shape
+    workspace = workspace if workspace is not None else StageWorkspace()
     rows = rows or band_rows(x, 2 * c)
     masked_mix = _masked_mix(block, x, plan, workspace)
     attention, mix = _channel_attention(block, x, plan, masked_mix, rows)
@@ -233,9 +230,7 @@ def m2as_block_banded(block, x: torch.Tensor, plan: PrunePlan, start: torch.Tens
     taps = None
     if plan.masked:
         taps_per_pixel = fold.taps.shape[1]
-        reads = (workspace.tap_reads(plan, start, end, taps_per_pixel, out.dtype)
-                 if workspace is not None else
-                 TapReads(plan, start, end, taps_per_pixel, out.dtype))
+        reads = workspace.tap_reads(plan, start, end, taps_per_pixel, out.dtype)
         taps = TapTable(reads, 2 * c, out.dtype, workspace)
     # folded bands waiting for rows their taps read: (last grid row they read, band)
     pending = deque()

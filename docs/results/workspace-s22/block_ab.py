@@ -1,6 +1,6 @@
 """Stage-4 blocks of pruned `paper` at 2152x1436 inside the network, three ways, alternated in
-one process (groups of 3 repeats, twice): ``base`` without a workspace (each block makes its
-own tables), ``ws`` with one StageWorkspace for the blocks (as M2ASStage now runs them),
+one process (groups of 3 repeats, twice): ``base`` without a stage workspace (each block makes its
+own tables; until 79ff558 by the old whole-set path, since then in a workspace of its own), ``ws`` with one StageWorkspace for the blocks (as M2ASStage now runs them),
 ``heap`` without a workspace but with glibc serving everything from the heap for the loop
 (mallopt M_MMAP_MAX=0, trim threshold 1 GiB: the upper bound of what reusing pages can save;
 session 21, docs/results/heap-reuse-s21/). ms per block, median (range) over 6 repeats.

@@ -1,4 +1,5 @@
-"""Pruned `paper` at 2152x1436: whole forwards with and without the M2AS stage's workspace,
+"""Pruned `paper` at 2152x1436: whole forwards with and without the M2AS stage's workspace
+(without: until 79ff558 the old whole-set path, since then a workspace per block),
 alternated in one process; seconds (median, each forward) and per-forward peak RSS (VmHWM
 reset before each forward; the previous output stays alive, as in `m2ae bench`).
 
