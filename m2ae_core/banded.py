@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import torch
 
-# Bytes of one band's widest (2C-channel) temporary. Big enough that the extra row of 1x1
-# work above and below each band stays small (a few %), small enough to stay in the CPU's
-# last-level cache. GPUs get bigger bands: each band is a few kernel launches.
+from .chunking import chunk_items
+
+# Bytes of one band's widest (2C-channel) temporary on a CPU. Big enough that the extra row of
+# 1x1 work above and below each band stays small (a few %), small enough to stay in the CPU's
+# last-level cache. Accelerators get bigger bands (.chunking): each band is a few launches.
 CPU_BAND_BYTES = 8 << 20
-CUDA_BAND_BYTES = 256 << 20
 MIN_BAND_ROWS = 8
 
 
@@ -27,7 +28,7 @@ def band_rows(x: torch.Tensor, channels: int, band_bytes: int | None = None) -> 
     ``channels`` channels; ``x.shape[2]`` (one band: the whole map) when it is small."""
     b, _, h, w = x.shape
     if band_bytes is None:
-        band_bytes = CUDA_BAND_BYTES if x.device.type == "cuda" else CPU_BAND_BYTES
+        band_bytes = chunk_items(x.device, CPU_BAND_BYTES, 1)
     row_bytes = max(1, b * w * channels * x.element_size())
     return min(h, max(MIN_BAND_ROWS, band_bytes // row_bytes))
 

@@ -10,11 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .chunking import chunk_items
 from .layers import cache_chunk, pixel_rows
 from .trajectory import trajectory_instants
 
-# Pixels whose bilinear corners are computed at once at inference (~7 MB of indices and weights)
+# Pixels whose bilinear corners are computed at once at inference on a CPU (~7 MB of indices
+# and weights: each tap has four corners of an int64 row and a float weight)
 CORNER_BLOCK = 16384
+CORNER_BYTES_PER_TAP = 4 * (8 + 4)
 
 
 def _normalise(coord: torch.Tensor, size: int) -> torch.Tensor:
@@ -92,7 +95,8 @@ def deform_conv_rows(rows: torch.Tensor, shape: tuple[int, int, int], batch_inde
     # pixel, several feature maps' worth over a whole stage), taps over cache-sized chunks
     # of each block (over all pixels at once, each of the nine taps streamed its product and
     # the accumulator through memory: see accumulate_taps).
-    block = out.shape[0] if torch.is_grad_enabled() else CORNER_BLOCK
+    block = out.shape[0] if torch.is_grad_enabled() else chunk_items(
+        out.device, CORNER_BLOCK, CORNER_BYTES_PER_TAP * weight.shape[1])
     for first in range(0, out.shape[0], block):
         part = slice(first, first + block)
         corner_rows, corner_weights = sample_corners(
@@ -125,7 +129,7 @@ def accumulate_taps(out: torch.Tensor, rows: torch.Tensor, corner_rows: torch.Te
     # the share of each tap that fell outside the image reads ``border``
     outside = None if border_taps is None else 1.0 - corner_weights.sum(-1)  # [q,taps]
     pixels = corner_rows.shape[0]
-    step = pixels if torch.is_grad_enabled() else cache_chunk(out.shape[1])
+    step = pixels if torch.is_grad_enabled() else cache_chunk(out.shape[1], device=out.device)
     for begin in range(0, pixels, step):
         chunk = slice(begin, min(begin + step, pixels))
         target = out[chunk]

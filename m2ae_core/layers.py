@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .banded import naf_block_banded, wants_bands
+from .chunking import chunk_items
 from .precision import cpu_has_native_bf16
 
 
@@ -88,9 +89,11 @@ def pixel_rows(x: torch.Tensor) -> torch.Tensor:
 CHUNK_BYTES = 2 << 20
 
 
-def cache_chunk(channels: int, itemsize: int = 4) -> int:
-    """Pixels per chunk of a per-pixel loop over ``channels`` values (at least 64)."""
-    return max(64, CHUNK_BYTES // (channels * itemsize))
+def cache_chunk(channels: int, itemsize: int = 4, device: torch.device | None = None) -> int:
+    """Pixels per chunk of a per-pixel loop over ``channels`` values (at least 64) on
+    ``device`` (default: a CPU; see :mod:`.chunking`)."""
+    on_cpu = max(64, CHUNK_BYTES // (channels * itemsize))
+    return on_cpu if device is None else chunk_items(device, on_cpu, channels * itemsize)
 
 
 def simple_gate(x: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ from collections import deque
 import torch
 
 from .banded import band_rows, bands, wants_bands
+from .chunking import chunk_items
 from .deform import accumulate_taps, coordinate_dtype, sample_corners
 from .layers import linear_rows, pixel_rows, simple_gate
 from .masked_conv import PrunePlan, masked_gated_depthwise
@@ -148,8 +149,9 @@ def _pointwise_table_into(table: torch.Tensor, block, rows: torch.Tensor,
     """:func:`~m2ae_core.masked_conv.pointwise_table` of ``norm1(rows[index])``, chunk by chunk,
     into ``table``."""
     weight = block.conv1.weight.view(block.conv1.out_channels, -1)
-    for first in range(0, index.numel(), TABLE_CHUNK_ROWS):
-        part = index[first:first + TABLE_CHUNK_ROWS]
+    step = chunk_items(rows.device, TABLE_CHUNK_ROWS, 3 * table.shape[1] * table.element_size())
+    for first in range(0, index.numel(), step):
+        part = index[first:first + step]
         normed = block.norm1.rows(rows.index_select(0, part))
         table[first:first + part.numel()] = linear_rows(normed, weight, block.conv1.bias)
     table[-1] = 0

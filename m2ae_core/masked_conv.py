@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .chunking import chunk_items
 from .layers import linear_rows, pixel_rows, simple_gate
 
 
@@ -162,7 +163,8 @@ def masked_gated_depthwise(table: torch.Tensor, plan: PrunePlan, conv2: nn.Conv2
     side = tiles.side
     if out is None:
         out = table.new_empty(plan.masked, inner // 2)
-    group = max(1, TILE_CHUNK_BYTES // ((side + 2) ** 2 * inner * table.element_size()))
+    tile_bytes = (side + 2) ** 2 * inner * table.element_size()
+    group = chunk_items(table.device, max(1, TILE_CHUNK_BYTES // tile_bytes), tile_bytes)
     for first in range(0, tiles.count, group):
         last = min(first + group, tiles.count)
         begin, end = tiles.starts[first], tiles.starts[last]

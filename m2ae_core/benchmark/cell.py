@@ -12,7 +12,7 @@ import statistics
 import torch
 
 from ..macs import StagePixels, count_macs
-from .machine import Timer, peak_rss_bytes, set_threads
+from .machine import Timer, exact_float32, peak_rss_bytes, set_threads
 from .models import build_spec_model, parse_model_spec
 from .workload import blob_mask, test_image
 
@@ -52,6 +52,7 @@ def cell_macs(spec, config, height: int, width: int, output) -> tuple[int, int]:
 def measure_cell(task: dict) -> dict:
     set_threads(task.get("threads"))
     device = task.get("device", "cpu")
+    exact_float32(device)
     spec = parse_model_spec(task["model"])
     height, width = task["size"]
     fraction = task.get("fraction") if spec.uses_mask else None

@@ -77,6 +77,17 @@ class Timer:
         return begin.elapsed_time(end) / 1000.0, result
 
 
+def exact_float32(device: str) -> None:
+    """Run float32 as float32 on CUDA too. cuDNN's convolutions default to TF32 there: the
+    dense paths would round differently from the pruned matmuls (the equality check failed
+    at 1.3e-4 on an H200) and NAFNet would be timed at a lower precision than the model."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def set_threads(threads: int | None) -> None:
     if threads:
         import torch

@@ -15,7 +15,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from .. import m2as
 from .cell import make_inputs
-from .machine import set_threads
+from .machine import exact_float32, set_threads
 from .models import build_spec_model, parse_model_spec
 
 TOP_OPS = 25
@@ -88,6 +88,7 @@ def _patch_functions():
 def profile_cell(task: dict) -> dict:
     set_threads(task.get("threads"))
     device = task.get("device", "cpu")
+    exact_float32(device)
     spec = parse_model_spec(task["model"])
     height, width = task["size"]
     model = build_spec_model(spec, task.get("width"), task.get("seed", 0), device,
@@ -127,17 +128,25 @@ def breakdown(averages, labels: set[str], total_s: float, cuda: bool) -> dict:
                 return float(getattr(event, attr))
         return 0.0
 
-    ops, parts = [], []
+    ops, parts = [], {}
     for event in averages:
         if event.key in labels:
-            # a CPU range's device time is what its kernels took; fall back to its CPU time
-            seconds = ((device_us(event, False) if cuda else 0.0) or event.cpu_time_total) / 1e6
-            parts.append({"part": event.key, "calls": event.count, "seconds": seconds,
-                          "share": seconds / total_s if total_s else 0.0})
+            # On CUDA a label comes twice, as a CPU range and as its GPU annotation: one part
+            # with the kernels' time ("seconds") and the host's ("host_seconds": launches,
+            # index building and waits included). The gap is what the GPU sat idle.
+            part = parts.setdefault(event.key, {"part": event.key, "calls": event.count,
+                                                "seconds": 0.0, "host_seconds": 0.0})
+            part["host_seconds"] = max(part["host_seconds"], event.cpu_time_total / 1e6)
+            part["seconds"] = max(part["seconds"], (device_us(event, False) if cuda
+                                                    else event.cpu_time_total) / 1e6)
+            part["calls"] = max(part["calls"], event.count)
         elif not event.key.startswith("m2as") and event.key != "ProfilerStep*":
             seconds = (device_us(event, True) if cuda else event.self_cpu_time_total) / 1e6
             ops.append({"op": event.key, "calls": event.count, "seconds": seconds,
                         "share": seconds / total_s if total_s else 0.0})
     ops.sort(key=lambda row: -row["seconds"])
-    parts.sort(key=lambda row: row["part"])
-    return {"ops": ops[:TOP_OPS], "parts": parts}
+    for part in parts.values():
+        part["share"] = part["seconds"] / total_s if total_s else 0.0
+        if not cuda:
+            del part["host_seconds"]
+    return {"ops": ops[:TOP_OPS], "parts": sorted(parts.values(), key=lambda row: row["part"])}

@@ -164,8 +164,14 @@ def profile_lines(profile: dict) -> list[str]:
                f"{profile['fraction']:g} % blur, {profile.get('dtype', 'fp32')}", "",
            f"One forward under torch.profiler: {profile['forward_s']:.3g} s "
            f"(profiling adds overhead). Parts (inclusive time; they nest):", ""]
-    out += _table(["part", "calls", "seconds", "share"],
-                  [[p["part"], p["calls"], f"{p['seconds']:.3f}", f"{p['share']:.1%}"]
+    on_device = any("host_seconds" in p for p in profile["parts"])
+    if on_device:
+        out[-2] += (" 'seconds' is the time of the part's GPU kernels, 'host seconds' the time"
+                    " the host spent in it (launches, index building and waits included).")
+    out += _table(["part", "calls", "seconds"] + (["host seconds"] if on_device else [])
+                  + ["share"],
+                  [[p["part"], p["calls"], f"{p['seconds']:.3f}"]
+                   + ([f"{p['host_seconds']:.3f}"] if on_device else []) + [f"{p['share']:.1%}"]
                    for p in profile["parts"]])
     out += ["", "Top ops by self time:", ""]
     out += _table(["op", "calls", "seconds", "share"],
