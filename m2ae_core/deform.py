@@ -129,7 +129,7 @@ def accumulate_taps(out: torch.Tensor, rows: torch.Tensor, corner_rows: torch.Te
     # the share of each tap that fell outside the image reads ``border``
     outside = None if border_taps is None else 1.0 - corner_weights.sum(-1)  # [q,taps]
     pixels = corner_rows.shape[0]
-    step = pixels if torch.is_grad_enabled() else cache_chunk(out.shape[1], device=out.device)
+    step = pixels if torch.is_grad_enabled() else cache_chunk(out.shape[1], out.device)
     for begin in range(0, pixels, step):
         chunk = slice(begin, min(begin + step, pixels))
         target = out[chunk]

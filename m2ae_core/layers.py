@@ -89,11 +89,11 @@ def pixel_rows(x: torch.Tensor) -> torch.Tensor:
 CHUNK_BYTES = 2 << 20
 
 
-def cache_chunk(channels: int, itemsize: int = 4, device: torch.device | None = None) -> int:
-    """Pixels per chunk of a per-pixel loop over ``channels`` values (at least 64) on
-    ``device`` (default: a CPU; see :mod:`.chunking`)."""
+def cache_chunk(channels: int, device: torch.device, itemsize: int = 4) -> int:
+    """Pixels per chunk of a per-pixel loop over ``channels`` values on ``device``: at least
+    64, cache-sized on a CPU (see :mod:`.chunking`)."""
     on_cpu = max(64, CHUNK_BYTES // (channels * itemsize))
-    return on_cpu if device is None else chunk_items(device, on_cpu, channels * itemsize)
+    return chunk_items(device, on_cpu, channels * itemsize)
 
 
 def simple_gate(x: torch.Tensor) -> torch.Tensor:

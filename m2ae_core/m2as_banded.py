@@ -149,6 +149,7 @@ def _pointwise_table_into(table: torch.Tensor, block, rows: torch.Tensor,
     """:func:`~m2ae_core.masked_conv.pointwise_table` of ``norm1(rows[index])``, chunk by chunk,
     into ``table``."""
     weight = block.conv1.weight.view(block.conv1.out_channels, -1)
+    # per row: the gathered, normed and output rows, each at most a table row wide
     step = chunk_items(rows.device, TABLE_CHUNK_ROWS, 3 * table.shape[1] * table.element_size())
     for first in range(0, index.numel(), step):
         part = index[first:first + step]

@@ -67,6 +67,8 @@ def test_pruned_paper_model_equals_dense(fraction):
 
 
 def test_default_model_restores_as_on_the_cpu():
+    if DEVICE.type == "cpu":
+        pytest.skip("compares another device with the CPU")
     image = _photo(256, 320)
     on_cpu = deblur(load_model(device="cpu"), image).image.astype(np.float64)
     on_device = deblur(load_model(device=DEVICE), image)

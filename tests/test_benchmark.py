@@ -16,7 +16,7 @@ from m2ae_core.benchmark.design import design_rows, estimate_both_halves
 from m2ae_core.benchmark.halves import mask_both_halves_
 from m2ae_core.benchmark.models import parse_model_spec
 from m2ae_core.benchmark.options import add_bench_arguments, canonical_command, validate
-from m2ae_core.benchmark.profiling import profile_cell
+from m2ae_core.benchmark.profiling import breakdown, profile_cell
 from m2ae_core.benchmark.rounds import merge_rounds
 from m2ae_core.benchmark.summary import summarize
 from m2ae_core.benchmark.tiled import compare_tiled
@@ -346,3 +346,26 @@ def test_plot_when_matplotlib_is_installed(tmp_path):
     data["machine"] = {"cpu": "test cpu", "threads": 2, "device": "cpu"}
     assert report.write_plot(data, tmp_path / "bench.png") is None
     assert (tmp_path / "bench.png").stat().st_size > 1000
+
+
+def test_cuda_breakdown_gives_each_part_one_row_with_kernel_and_host_time():
+    """On CUDA torch.profiler lists a label twice (the CPU range and its GPU annotation): one
+    row with the kernels' time and the host's; ops count their kernels' self time."""
+    from types import SimpleNamespace as Event
+
+    def event(key, count, cpu_us, device_us, self_device_us=0.0):
+        return Event(key=key, count=count, cpu_time_total=cpu_us, self_cpu_time_total=cpu_us,
+                     device_time_total=device_us, self_device_time_total=self_device_us)
+
+    averages = [event("stage", 1, 300_000, 70_000), event("stage", 1, 5_000, 69_000),
+                event("aten::mm", 4, 1_000, 0, 20_000)]
+    table = breakdown(averages, {"stage"}, 0.5, cuda=True)
+    assert table["parts"] == [{"part": "stage", "calls": 1, "seconds": 0.07,
+                               "host_seconds": 0.3, "share": 0.07 / 0.5}]
+    assert table["ops"][0]["op"] == "aten::mm" and table["ops"][0]["seconds"] == 0.02
+    on_cpu = breakdown([event("stage", 2, 300_000, 0)], {"stage"}, 0.5, cuda=False)
+    assert on_cpu["parts"] == [{"part": "stage", "calls": 2, "seconds": 0.3, "share": 0.6}]
+    lines = report.profile_lines({"status": "ok", "model": "m", "size_label": "1x1",
+                                  "fraction": 10, "forward_s": 0.5, **table})
+    assert "| stage | 1 | 0.070 | 0.300 | 14.0% |" in lines
+

@@ -348,7 +348,7 @@ def test_deform_rows_in_corner_blocks_equals_all_at_once(monkeypatch):
     with torch.enable_grad():
         whole = deform_conv_rows(*args, border=border).detach()
     monkeypatch.setattr(deform, "CORNER_BLOCK", 7)  # 34 blocks, the last one partial
-    monkeypatch.setattr(deform, "cache_chunk", lambda channels, itemsize=4, device=None: 3)
+    monkeypatch.setattr(deform, "cache_chunk", lambda channels, device, itemsize=4: 3)
     with torch.inference_mode():
         blocks = deform_conv_rows(*args, border=border)
     torch.testing.assert_close(blocks, whole, atol=1e-5, rtol=1e-5)

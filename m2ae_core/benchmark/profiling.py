@@ -134,12 +134,13 @@ def breakdown(averages, labels: set[str], total_s: float, cuda: bool) -> dict:
             # On CUDA a label comes twice, as a CPU range and as its GPU annotation: one part
             # with the kernels' time ("seconds") and the host's ("host_seconds": launches,
             # index building and waits included). The gap is what the GPU sat idle.
-            part = parts.setdefault(event.key, {"part": event.key, "calls": event.count,
-                                                "seconds": 0.0, "host_seconds": 0.0})
-            part["host_seconds"] = max(part["host_seconds"], event.cpu_time_total / 1e6)
+            part = parts.setdefault(event.key, {"part": event.key, "calls": 0, "seconds": 0.0})
+            part["calls"] = max(part["calls"], event.count)
             part["seconds"] = max(part["seconds"], (device_us(event, False) if cuda
                                                     else event.cpu_time_total) / 1e6)
-            part["calls"] = max(part["calls"], event.count)
+            if cuda:
+                part["host_seconds"] = max(part.get("host_seconds", 0.0),
+                                           event.cpu_time_total / 1e6)
         elif not event.key.startswith("m2as") and event.key != "ProfilerStep*":
             seconds = (device_us(event, True) if cuda else event.self_cpu_time_total) / 1e6
             ops.append({"op": event.key, "calls": event.count, "seconds": seconds,
@@ -147,6 +148,4 @@ def breakdown(averages, labels: set[str], total_s: float, cuda: bool) -> dict:
     ops.sort(key=lambda row: -row["seconds"])
     for part in parts.values():
         part["share"] = part["seconds"] / total_s if total_s else 0.0
-        if not cuda:
-            del part["host_seconds"]
     return {"ops": ops[:TOP_OPS], "parts": sorted(parts.values(), key=lambda row: row["part"])}
