@@ -7,7 +7,8 @@ Each model runs in a fresh process set up like a benchmark cell (``m2ae bench``)
 allocator policy, inputs, threads and a warm-up forward whose output stays alive during the
 traced forward. Resident memory (/proc/self/status: anonymous and file-backed) is sampled
 after loading, after making the inputs, after the warm-up, and whenever a module of the
-traced forward returns; the table keeps the stages (top-level modules and the items of the
+traced forward returns, with the heap's live allocations (``mallinfo2``: what no trim can
+return, whoever made them); the table keeps the stages (top-level modules and the items of the
 encoder and decoder lists) and the module at the peak. After the forward it splits memory by
 mapping (heap, other anonymous memory, torch's code) and measures how much of the heap is free
 but still resident (what ``malloc_trim`` returns).
@@ -25,6 +26,23 @@ from pathlib import Path
 STATUS_KEYS = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def heap_in_use_mib() -> float | None:
+    """MiB that malloc's arenas hold in live allocations (glibc >= 2.33 ``mallinfo2``; None
+    elsewhere): what ``malloc_trim`` cannot return, whatever allocated it (torch, MKL, Python)."""
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = _MallInfo2
+    return mallinfo2().uordblks / 2 ** 20
+
+
 def status_mib() -> dict[str, float]:
     values = {}
     with open("/proc/self/status", encoding="ascii") as fh:
@@ -32,6 +50,7 @@ def status_mib() -> dict[str, float]:
             key, _, rest = line.partition(":")
             if key in STATUS_KEYS:
                 values[key] = int(rest.split()[0]) / 1024
+    values["HeapInUse"] = heap_in_use_mib()
     return values
 
 
@@ -105,18 +124,27 @@ def run_child(spec: str, args) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _mib(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}"
+
+
+def _mib_difference(value: float | None, minus: float | None) -> str:
+    return "–" if value is None or minus is None else f"{value - minus:+.0f}"
+
+
 def markdown(results: list[dict], args) -> str:
     a, b = results
-    names = [n for n, _ in a["points"]]
     lines = [f"# Resident memory, {a['model']} vs {b['model']}", "",
              f"- {args.size}, {args.fraction:g} % blob mask (given), {args.threads} threads; "
              "command: `python scripts/memory_trace.py --models "
              f"{a['model']} {b['model']} --size {args.size} --fraction {args.fraction:g} "
              f"--threads {args.threads} --out {args.out}`",
              "- MiB of resident memory: RSS = anonymous + file-backed (code). 'traced:' rows are "
-             "the second forward, sampled when each top-level module returns.", "",
-             f"| point | {a['model']} RSS | anon | file | {b['model']} RSS | anon | file | "
-             "difference RSS | anon | file |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "the second forward, sampled when each top-level module returns. 'heap' = malloc's "
+             "live allocations (mallinfo2), resident or not.", "",
+             f"| point | {a['model']} RSS | anon | file | heap | {b['model']} RSS | anon | file | "
+             "heap | difference RSS | anon | file | heap |",
+             "|---|" + "---:|" * 12]
     other = dict(b["points"])
     for (name, x) in a["points"]:
         y = other.get(name)
@@ -125,9 +153,12 @@ def markdown(results: list[dict], args) -> str:
         if y is None:
             continue
         lines.append(f"| {name} | {x['VmRSS']:.0f} | {x['RssAnon']:.0f} | {x['RssFile']:.0f} | "
+                     f"{_mib(x['HeapInUse'])} | "
                      f"{y['VmRSS']:.0f} | {y['RssAnon']:.0f} | {y['RssFile']:.0f} | "
+                     f"{_mib(y['HeapInUse'])} | "
                      f"{y['VmRSS'] - x['VmRSS']:+.0f} | {y['RssAnon'] - x['RssAnon']:+.0f} | "
-                     f"{y['RssFile'] - x['RssFile']:+.0f} |")
+                     f"{y['RssFile'] - x['RssFile']:+.0f} | "
+                     f"{_mib_difference(y['HeapInUse'], x['HeapInUse'])} |")
     lines += ["", "| after the forward | " + " | ".join(r["model"] for r in results) + " |",
               "|---|---:|---:|"]
     kinds = sorted(set(a["mappings_mib"]) | set(b["mappings_mib"]))
