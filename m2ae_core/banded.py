@@ -77,9 +77,12 @@ def naf_block_banded(block, x: torch.Tensor, rows: int | None = None,
     attention = block.sca(out)
     result = x if overwrite_input else out
     for top, bottom in bands(h, rows):
-        mid = x[:, :, top:bottom] + block.beta * block.conv3(out[:, :, top:bottom] * attention)
-        mid += block.gamma * block.conv5(_gate(block.conv4(block.norm2(mid))))
-        result[:, :, top:bottom] = mid
+        # both residuals land in the result's band itself (which may be ``x``'s or ``out``'s
+        # own, read just before): no band-sized sum to copy in afterwards
+        mid = torch.addcmul(x[:, :, top:bottom], block.beta,
+                            block.conv3(out[:, :, top:bottom] * attention),
+                            out=result[:, :, top:bottom])
+        mid.addcmul_(block.gamma, block.conv5(_gate(block.conv4(block.norm2(mid)))))
     return result
 
 

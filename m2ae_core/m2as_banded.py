@@ -226,8 +226,9 @@ def m2as_block_banded(block, x: torch.Tensor, plan: PrunePlan, start: torch.Tens
     for top, bottom in bands(h, rows):
         band = (mix[:, :, top:bottom] if mix is not None
                 else _mix_band(block, x, plan, masked_mix, top, bottom))
-        out[:, :, top:bottom] = torch.addcmul(x[:, :, top:bottom], block.beta,
-                                              block.conv3(band * attention))
+        # into its place (``out`` may be ``x`` itself): no band-sized copy
+        torch.addcmul(x[:, :, top:bottom], block.beta, block.conv3(band * attention),
+                      out=out[:, :, top:bottom])
     del mix, band, masked_mix, x
     fold = block.folded_conv4()
     taps = None
@@ -244,7 +245,7 @@ def m2as_block_banded(block, x: torch.Tensor, plan: PrunePlan, start: torch.Tens
                               taps.gated_taps(fold, first, last))
         band = out[:, :, top:bottom]
         update = block.conv5(gated.view(1, bottom - top, w, c).permute(0, 3, 1, 2))
-        band.copy_(torch.addcmul(band, block.gamma, update))
+        band.addcmul_(block.gamma, update)
 
     for top, bottom in bands(h, rows):
         folded = linear_rows(pixel_rows(block.norm2(out[:, :, top:bottom])), fold.weight,
