@@ -14,6 +14,18 @@ block at 2152x1436, fp32, 2 threads); from the heap it takes 614 ms (whole: 1086
 between longer-lived blocks are handed back by :func:`release_free_heap` between the
 network's stages.
 
+Within a stage those temporaries must also *stay* in the heap from one band to the next.
+With the mmap threshold fixed, glibc no longer adapts its trim threshold either: it stays at
+128 KiB, so a band's temporaries freed at the top of the heap went back to the OS and the
+next band faulted them in again. How often depended on the process's heap layout: in one
+forward at 2152x1436 the heap shrank 120-870 times inside the stages, a different count in
+each process (``scripts/heap_churn.py``), one source of this VM's spread between processes. The policy keeps up to
+``DEFAULT_TRIM_THRESHOLD`` free at the top: 32 MiB still left NAFNet-w32's stage 4 shrinking
+11 times, 48 MiB none. The stages' trim (:func:`release_free_heap`) still returns it.
+2152x1436, 10 % mask, three alternated runs of ``m2ae bench`` on the 2-core Intel VM of
+session 25, 128 KiB -> 32 / 64 MiB: NAFNet-w32 9.38-10.2 -> 8.91-9.34 / 8.86-9.11 s, the pruned
+model 8.68-9.29 -> 8.79-8.86 / 8.72-8.81 s (docs/results/trim-s25/).
+
 Every new tensor above the threshold is still fresh memory, faulted in 4 KiB pages: about
 30 % of a CPU forward here. glibc's tunable ``glibc.malloc.hugetlb=1`` asks for
 transparent huge pages on those mappings (2 MiB faults): measured on this 2-core CPU at
@@ -31,17 +43,21 @@ import ctypes
 import os
 import sys
 
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
 DEFAULT_THRESHOLD = 16 << 20
-ENV_OVERRIDE = "MALLOC_MMAP_THRESHOLD_"  # glibc's own tunable; a user's choice wins
+DEFAULT_TRIM_THRESHOLD = 48 << 20
+ENV_OVERRIDE = "MALLOC_MMAP_THRESHOLD_"  # glibc's own tunables; a user's choice wins
+TRIM_ENV_OVERRIDE = "MALLOC_TRIM_THRESHOLD_"
 TUNABLES = "GLIBC_TUNABLES"
 HUGE_PAGES = "glibc.malloc.hugetlb=1"
 RESTARTED = "M2AE_ALLOCATOR_RESTARTED"  # set in the restarted process: never restart twice
 
 
-def return_freed_memory_promptly(threshold: int = DEFAULT_THRESHOLD) -> bool:
-    """Fix glibc's mmap threshold at ``threshold`` bytes; False where it does not apply
-    (not Linux, not glibc, or the user set ``MALLOC_MMAP_THRESHOLD_``)."""
+def return_freed_memory_promptly(threshold: int = DEFAULT_THRESHOLD,
+                                 trim_threshold: int = DEFAULT_TRIM_THRESHOLD) -> bool:
+    """Fix glibc's mmap threshold at ``threshold`` bytes and its trim threshold at
+    ``trim_threshold`` (unless the user set ``MALLOC_TRIM_THRESHOLD_``); False where it does
+    not apply (not Linux, not glibc, or the user set ``MALLOC_MMAP_THRESHOLD_``)."""
     if not sys.platform.startswith("linux") or ENV_OVERRIDE in os.environ:
         return False
     try:
@@ -51,6 +67,8 @@ def return_freed_memory_promptly(threshold: int = DEFAULT_THRESHOLD) -> bool:
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     global _POLICY_APPLIED
     _POLICY_APPLIED = mallopt(M_MMAP_THRESHOLD, int(threshold)) == 1
+    if _POLICY_APPLIED and TRIM_ENV_OVERRIDE not in os.environ:
+        mallopt(M_TRIM_THRESHOLD, int(trim_threshold))
     return _POLICY_APPLIED
 
 

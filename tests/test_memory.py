@@ -43,6 +43,46 @@ def test_feature_maps_are_mmapped_even_after_a_large_free():
     assert _run("off", env) == ["False", "False"]  # glibc's default keeps it in the heap
 
 
+# Frees an 8 MiB block (a band's temporary: below the mmap threshold, so from the heap) at the
+# heap's top; prints whether the heap kept it for the next band (mallinfo2's arena: the heap's
+# size) rather than handing it back to the OS.
+TOP_SCENARIO = r"""
+import ctypes
+from m2ae_core.memory import return_freed_memory_promptly
+assert return_freed_memory_promptly()
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                 "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = (ctypes.c_size_t,)
+libc.free.argtypes = (ctypes.c_void_p,)
+before = libc.mallinfo2().arena
+band = libc.malloc(8 << 20)
+ctypes.memset(band, 1, 8 << 20)
+libc.free(band)
+print(libc.mallinfo2().arena - before >= 8 << 20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc behaviour")
+def test_the_heap_keeps_a_bands_temporaries_for_the_next_band():
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
+    if not memory._glibc():
+        pytest.skip("not a glibc system: the policy does not apply")
+
+    def kept(extra_env):
+        return subprocess.run([sys.executable, "-c", TOP_SCENARIO], capture_output=True,
+                              text=True, env={**env, **extra_env}, check=True).stdout.strip()
+
+    assert kept({}) == "True"
+    # glibc's own default (128 KiB), which a user can still ask for, hands it back at once
+    assert kept({"MALLOC_TRIM_THRESHOLD_": "131072"}) == "False"
+
+
 def test_a_users_malloc_setting_wins(monkeypatch):
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "4194304")
     assert return_freed_memory_promptly() is False

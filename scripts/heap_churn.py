@@ -1,0 +1,81 @@
+"""How often the heap shrinks and grows inside one forward, per stage (glibc only).
+
+    GLIBC_TUNABLES=glibc.malloc.hugetlb=1 OMP_NUM_THREADS=2 python scripts/heap_churn.py \
+        MODEL [--fraction 10] [--size 2152x1436]
+
+MODEL is a `m2ae bench` model spec. Set up like a benchmark cell (allocator policy, inputs,
+threads); during the second forward it samples the heap's size (``mallinfo2().arena``) as each
+leaf module returns and counts, per stage, the steps where it shrank or grew by more than
+1 MiB. A shrink inside a stage is memory handed back to the OS that the next band faults in
+again (the network's own trim between stages shows as one shrink in ``downs.*`` /
+``ups.*``). Run it with glibc's ``MALLOC_TRIM_THRESHOLD_`` set to compare trim thresholds;
+unset, the toolkit's policy applies (m2ae_core/memory.py).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+from collections import Counter
+
+import torch
+
+from m2ae_core.benchmark.cell import make_inputs
+from m2ae_core.benchmark.machine import set_threads
+from m2ae_core.benchmark.models import build_spec_model, parse_model_spec
+from m2ae_core.benchmark.workload import parse_size
+from m2ae_core.memory import return_freed_memory_promptly
+
+STEP = 1 << 20
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def heap_bytes() -> int:
+    mallinfo2 = ctypes.CDLL(None).mallinfo2
+    mallinfo2.restype = _MallInfo2
+    return mallinfo2().arena
+
+
+def stage_of(module_name: str) -> str:
+    return ".".join(module_name.split(".")[:2])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("--fraction", type=float, default=10.0, help="blur mask, percent")
+    parser.add_argument("--size", default="2152x1436", help="WxH")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    return_freed_memory_promptly()
+    set_threads(args.threads)
+    spec = parse_model_spec(args.model)
+    model = build_spec_model(spec)
+    height, width = parse_size(args.size)
+    image, mask = make_inputs(height, width, args.fraction if spec.uses_mask else None, "cpu")
+    pruned = spec.mode != "dense"
+    samples: list[tuple[str, int]] = []
+    with torch.inference_mode():
+        model(image, mask=mask, pruned=pruned)
+        for name, module in model.named_modules():
+            if name and not list(module.children()):
+                module.register_forward_hook(
+                    lambda _m, _a, _o, name=name: samples.append((name, heap_bytes())))
+        model(image, mask=mask, pruned=pruned)
+    shrinks, grows = Counter(), Counter()
+    for (_, before), (name, after) in zip(samples, samples[1:]):
+        if after < before - STEP:
+            shrinks[stage_of(name)] += 1
+        elif after > before + STEP:
+            grows[stage_of(name)] += 1
+    label = args.model + (f" {args.fraction:g} %" if spec.uses_mask else "")
+    print(f"{label}: heap shrank {sum(shrinks.values())} times, grew {sum(grows.values())}; "
+          f"shrinks {dict(shrinks)}; grows {dict(grows)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
