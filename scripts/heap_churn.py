@@ -19,11 +19,7 @@ from collections import Counter
 
 import torch
 
-from m2ae_core.benchmark.cell import make_inputs
-from m2ae_core.benchmark.machine import set_threads
-from m2ae_core.benchmark.models import build_spec_model, parse_model_spec
-from m2ae_core.benchmark.workload import parse_size
-from m2ae_core.memory import return_freed_memory_promptly
+from forward_setup import add_forward_arguments, prepare_forward
 
 STEP = 1 << 20
 
@@ -46,35 +42,24 @@ def stage_of(module_name: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model")
-    parser.add_argument("--fraction", type=float, default=10.0, help="blur mask, percent")
-    parser.add_argument("--size", default="2152x1436", help="WxH")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    return_freed_memory_promptly()
-    set_threads(args.threads)
-    spec = parse_model_spec(args.model)
-    model = build_spec_model(spec)
-    height, width = parse_size(args.size)
-    image, mask = make_inputs(height, width, args.fraction if spec.uses_mask else None, "cpu")
-    pruned = spec.mode != "dense"
+    add_forward_arguments(parser)
+    forward = prepare_forward(parser.parse_args())
     samples: list[tuple[str, int]] = []
     with torch.inference_mode():
-        model(image, mask=mask, pruned=pruned)
-        for name, module in model.named_modules():
+        forward()
+        for name, module in forward.model.named_modules():
             if name and not list(module.children()):
                 module.register_forward_hook(
                     lambda _m, _a, _o, name=name: samples.append((name, heap_bytes())))
-        model(image, mask=mask, pruned=pruned)
+        forward()
     shrinks, grows = Counter(), Counter()
     for (_, before), (name, after) in zip(samples, samples[1:]):
         if after < before - STEP:
             shrinks[stage_of(name)] += 1
         elif after > before + STEP:
             grows[stage_of(name)] += 1
-    label = args.model + (f" {args.fraction:g} %" if spec.uses_mask else "")
-    print(f"{label}: heap shrank {sum(shrinks.values())} times, grew {sum(grows.values())}; "
-          f"shrinks {dict(shrinks)}; grows {dict(grows)}", flush=True)
+    print(f"{forward.label}: heap shrank {sum(shrinks.values())} times, "
+          f"grew {sum(grows.values())}; shrinks {dict(shrinks)}; grows {dict(grows)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,7 @@ import time
 
 import torch
 
-from m2ae_core.benchmark.cell import make_inputs
-from m2ae_core.benchmark.machine import set_threads
-from m2ae_core.benchmark.models import build_spec_model, parse_model_spec
-from m2ae_core.benchmark.workload import parse_size
-from m2ae_core.memory import return_freed_memory_promptly
+from forward_setup import add_forward_arguments, prepare_forward
 
 
 def timed_stages(model) -> dict[str, float]:
@@ -40,27 +36,18 @@ def timed_stages(model) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model")
-    parser.add_argument("--fraction", type=float, default=10.0, help="blur mask, percent")
-    parser.add_argument("--size", default="2152x1436", help="WxH")
+    add_forward_arguments(parser)
     parser.add_argument("--forwards", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    return_freed_memory_promptly()
-    set_threads(args.threads)
-    spec = parse_model_spec(args.model)
-    model = build_spec_model(spec)
-    height, width = parse_size(args.size)
-    image, mask = make_inputs(height, width, args.fraction if spec.uses_mask else None, "cpu")
-    seconds = timed_stages(model)
-    label = args.model + (f" {args.fraction:g} %" if spec.uses_mask else "")
+    forward = prepare_forward(args)
+    seconds = timed_stages(forward.model)
     with torch.inference_mode():
         for index in range(args.forwards):
             begin = time.perf_counter()
-            model(image, mask=mask, pruned=spec.mode != "dense")
+            forward()
             total = time.perf_counter() - begin
             if index:  # the first forward warms up
-                print(f"{label}: forward {total:.2f} s; "
+                print(f"{forward.label}: forward {total:.2f} s; "
                       + ", ".join(f"{name} {value:.2f}" for name, value in seconds.items()),
                       flush=True)
 
