@@ -19,12 +19,13 @@ With the mmap threshold fixed, glibc no longer adapts its trim threshold either:
 128 KiB, so a band's temporaries freed at the top of the heap went back to the OS and the
 next band faulted them in again. How often depended on the process's heap layout: in one
 forward at 2152x1436 the heap shrank 120-870 times inside the stages, a different count in
-each process (``scripts/heap_churn.py``), one source of this VM's spread between processes. The policy keeps up to
-``DEFAULT_TRIM_THRESHOLD`` free at the top: 32 MiB still left NAFNet-w32's stage 4 shrinking
-11 times, 48 MiB none. The stages' trim (:func:`release_free_heap`) still returns it.
-2152x1436, 10 % mask, three alternated runs of ``m2ae bench`` on the 2-core Intel VM of
-session 25, 128 KiB -> 32 / 64 MiB: NAFNet-w32 9.38-10.2 -> 8.91-9.34 / 8.86-9.11 s, the pruned
-model 8.68-9.29 -> 8.79-8.86 / 8.72-8.81 s (docs/results/trim-s25/).
+each process (``scripts/heap_churn.py``), one source of this VM's spread between processes.
+The policy keeps up to ``DEFAULT_TRIM_THRESHOLD`` free at the top: 32 MiB still left
+NAFNet-w32's stage 4 shrinking 11 times, 48 MiB none. The stages' trim
+(:func:`release_free_heap`) still returns it. 2152x1436, 10 % mask, three alternated runs of
+``m2ae bench`` on the 2-core Intel VM of session 25, 128 KiB -> 32 / 64 MiB: NAFNet-w32
+9.38-10.2 -> 8.91-9.34 / 8.86-9.11 s, the pruned model 8.68-9.29 -> 8.79-8.86 / 8.72-8.81 s
+(docs/results/trim-s25/; the issue's rows of that session ran at 48 MiB).
 
 Every new tensor above the threshold is still fresh memory, faulted in 4 KiB pages: about
 30 % of a CPU forward here. glibc's tunable ``glibc.malloc.hugetlb=1`` asks for
