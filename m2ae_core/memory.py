@@ -85,6 +85,25 @@ def release_free_heap() -> None:
         ctypes.CDLL(None).malloc_trim(0)
 
 
+class MallocStats(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (bytes): ``arena`` = the heap's size, ``uordblks`` = its
+    live allocations, ``fordblks`` = its free bytes, ``hblkhd`` = bytes in mmapped blocks."""
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def malloc_stats() -> MallocStats | None:
+    """What malloc holds now (glibc >= 2.33 ``mallinfo2``); None elsewhere. For the memory
+    probes and tests, which watch what the policy does."""
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = MallocStats
+    return mallinfo2()
+
+
 def _glibc() -> bool:
     if not sys.platform.startswith("linux"):
         return False

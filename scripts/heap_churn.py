@@ -14,26 +14,18 @@ unset, the toolkit's policy applies (m2ae_core/memory.py).
 from __future__ import annotations
 
 import argparse
-import ctypes
 from collections import Counter
 
 import torch
 
 from forward_setup import add_forward_arguments, prepare_forward
+from m2ae_core.memory import malloc_stats
 
 STEP = 1 << 20
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-        "fordblks", "keepcost")]
-
-
 def heap_bytes() -> int:
-    mallinfo2 = ctypes.CDLL(None).mallinfo2
-    mallinfo2.restype = _MallInfo2
-    return mallinfo2().arena
+    return malloc_stats().arena
 
 
 def stage_of(module_name: str) -> str:
@@ -43,7 +35,10 @@ def stage_of(module_name: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_forward_arguments(parser)
-    forward = prepare_forward(parser.parse_args())
+    args = parser.parse_args()
+    if malloc_stats() is None:
+        raise SystemExit("heap_churn needs glibc's mallinfo2 (glibc 2.33 or later)")
+    forward = prepare_forward(args)
     samples: list[tuple[str, int]] = []
     with torch.inference_mode():
         forward()

@@ -26,21 +26,13 @@ from pathlib import Path
 STATUS_KEYS = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-        "fordblks", "keepcost")]
-
-
 def heap_in_use_mib() -> float | None:
-    """MiB that malloc's arenas hold in live allocations (glibc >= 2.33 ``mallinfo2``; None
-    elsewhere): what ``malloc_trim`` cannot return, whatever allocated it (torch, MKL, Python)."""
-    try:
-        mallinfo2 = ctypes.CDLL(None).mallinfo2
-    except (OSError, AttributeError):
-        return None
-    mallinfo2.restype = _MallInfo2
-    return mallinfo2().uordblks / 2 ** 20
+    """MiB that malloc's arenas hold in live allocations (None without ``mallinfo2``): what
+    ``malloc_trim`` cannot return, whatever allocated it (torch, MKL, Python)."""
+    from m2ae_core.memory import malloc_stats
+
+    stats = malloc_stats()
+    return None if stats is None else stats.uordblks / 2 ** 20
 
 
 def status_mib() -> dict[str, float]:

@@ -12,30 +12,35 @@ from m2ae_core.memory import return_freed_memory_promptly
 # policy's 16 MiB threshold; prints whether that block was mmapped (mallinfo2: bytes in mmapped
 # blocks), i.e. whether freeing it will hand it back to the OS at once.
 SCENARIO = r"""
-import ctypes, sys, torch
-from m2ae_core.memory import return_freed_memory_promptly
+import sys, torch
+from m2ae_core.memory import malloc_stats, return_freed_memory_promptly
 applied = return_freed_memory_promptly() if sys.argv[1] == "on" else False
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
-                 "uordblks", "fordblks", "keepcost")]
-mallinfo2 = ctypes.CDLL(None).mallinfo2
-mallinfo2.restype = MallInfo2
 big = torch.ones(30 << 18); del big
-before = mallinfo2().hblkhd
+before = malloc_stats().hblkhd
 block = torch.ones(6 << 20)
-print(applied, mallinfo2().hblkhd - before >= 24 << 20)
+print(applied, malloc_stats().hblkhd - before >= 24 << 20)
 """
 
 
+def _environment_without(*names: str) -> dict:
+    """This process's environment without the allocator settings ``names`` (a user's own
+    would change what the scenarios measure)."""
+    return {k: v for k, v in os.environ.items() if k not in names}
+
+
+def _scenario_output(scenario: str, env: dict, *args: str) -> str:
+    """What ``scenario`` prints, run in a fresh interpreter with ``env``."""
+    return subprocess.run([sys.executable, "-c", scenario, *args], capture_output=True,
+                          text=True, env=env, check=True).stdout.strip()
+
+
 def _run(mode: str, env: dict) -> list[str]:
-    return subprocess.run([sys.executable, "-c", SCENARIO, mode], capture_output=True,
-                          text=True, env=env, check=True).stdout.split()
+    return _scenario_output(SCENARIO, env, mode).split()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc/proc behaviour")
 def test_feature_maps_are_mmapped_even_after_a_large_free():
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    env = _environment_without("MALLOC_MMAP_THRESHOLD_")
     applied, mmapped = _run("on", env)
     if applied != "True":
         pytest.skip("not a glibc system: the policy does not apply")
@@ -48,35 +53,28 @@ def test_feature_maps_are_mmapped_even_after_a_large_free():
 # size) rather than handing it back to the OS.
 TOP_SCENARIO = r"""
 import ctypes
-from m2ae_core.memory import return_freed_memory_promptly
+from m2ae_core.memory import malloc_stats, return_freed_memory_promptly
 assert return_freed_memory_promptly()
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
-                 "uordblks", "fordblks", "keepcost")]
 libc = ctypes.CDLL(None)
-libc.mallinfo2.restype = MallInfo2
 libc.malloc.restype = ctypes.c_void_p
 libc.malloc.argtypes = (ctypes.c_size_t,)
 libc.free.argtypes = (ctypes.c_void_p,)
-before = libc.mallinfo2().arena
+before = malloc_stats().arena
 band = libc.malloc(8 << 20)
 ctypes.memset(band, 1, 8 << 20)
 libc.free(band)
-print(libc.mallinfo2().arena - before >= 8 << 20)
+print(malloc_stats().arena - before >= 8 << 20)
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc behaviour")
 def test_the_heap_keeps_a_bands_temporaries_for_the_next_band():
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
+    env = _environment_without("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
     if not memory._glibc():
         pytest.skip("not a glibc system: the policy does not apply")
 
     def kept(extra_env):
-        return subprocess.run([sys.executable, "-c", TOP_SCENARIO], capture_output=True,
-                              text=True, env={**env, **extra_env}, check=True).stdout.strip()
+        return _scenario_output(TOP_SCENARIO, {**env, **extra_env})
 
     assert kept({}) == "True"
     # glibc's own default (128 KiB), which a user can still ask for, hands it back at once
@@ -154,13 +152,11 @@ def test_cli_called_from_python_never_replaces_the_process(monkeypatch, tmp_path
 def test_the_tunable_gives_feature_maps_huge_pages():
     if _thp_mode() not in ("madvise", "always") or not memory._glibc():
         pytest.skip(f"transparent huge pages unavailable here ({_thp_mode()})")
-    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_")}
-    huge = int(subprocess.run([sys.executable, "-c", HUGE_SCENARIO], capture_output=True, text=True,
-                              env=memory.with_huge_pages(env), check=True).stdout)
+    env = _environment_without("GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_")
+    huge = int(_scenario_output(HUGE_SCENARIO, memory.with_huge_pages(env)))
     assert huge >= 32 << 10  # kB: most of the 64 MiB block
     if _thp_mode() == "madvise":  # without the tunable nobody asks for them
-        plain = int(subprocess.run([sys.executable, "-c", HUGE_SCENARIO], capture_output=True,
-                                   text=True, env=env, check=True).stdout)
+        plain = int(_scenario_output(HUGE_SCENARIO, env))
         assert plain < huge
 
 
@@ -179,7 +175,7 @@ def test_the_command_restarts_before_it_imports_torch(tmp_path):
         "from m2ae_core.cli import main\n"
         "sys.argv = ['m2ae', 'deblur', 'in.png', '-o', 'out.png']\n"
         "main()\n", encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", memory.RESTARTED)}
+    env = _environment_without("GLIBC_TUNABLES", memory.RESTARTED)
     done = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True,
                           env=env, timeout=120)
     assert done.stdout.strip() == \
@@ -237,14 +233,12 @@ print(round(before - rss_mib()))
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc/proc behaviour")
 def test_release_free_heap_returns_holes_only_under_the_policy():
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")}
+    env = _environment_without("MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")
     if not memory._glibc():
         pytest.skip("not a glibc system: the policy does not apply")
 
     def released(mode):
-        return int(subprocess.run([sys.executable, "-c", TRIM_SCENARIO, mode], capture_output=True,
-                                  text=True, env=env, check=True).stdout)
+        return int(_scenario_output(TRIM_SCENARIO, env, mode))
 
     assert released("on") >= 80  # nearly all of the 96 MiB of holes
     assert released("off") == 0  # a process that did not opt in is left alone
