@@ -101,7 +101,7 @@ def deform_conv_rows(rows: torch.Tensor, shape: tuple[int, int, int], batch_inde
         part = slice(first, first + block)
         corner_rows, corner_weights = sample_corners(
             shape, batch_index[part], ys[part], xs[part], start[part].to(compute),
-            end[part].to(compute), weight.shape[1])  # [q,9,4]
+            end[part].to(compute), weight.shape[1])  # [9,q,4]
         accumulate_taps(out[part], rows, corner_rows, corner_weights, weight, border)
     return out.to(rows.dtype)
 
@@ -119,7 +119,7 @@ def accumulate_taps(out: torch.Tensor, rows: torch.Tensor, corner_rows: torch.Te
                     border: torch.Tensor | None = None) -> None:
     """Add the deformable taps to ``out`` [q, C] (in place, in :func:`coordinate_dtype`): tap
     n of pixel i reads ``rows`` [N, C] at its bilinear corners (``corner_rows`` /
-    ``corner_weights`` [q, taps, 4], from :func:`sample_corners`) and is weighted by
+    ``corner_weights`` [taps, q, 4], tap-major, from :func:`sample_corners`) and is weighted by
     ``weight[:, n]`` ([C, taps]); a tap's share outside the image reads ``border`` [C]
     (None: zero padding)."""
     tap_weights = weight.to(out.dtype).t().contiguous()  # [taps, C]: one contiguous row per tap
@@ -127,15 +127,18 @@ def accumulate_taps(out: torch.Tensor, rows: torch.Tensor, corner_rows: torch.Te
     # embedding_bag needs its per-sample weights in the rows' dtype
     sample_weights = corner_weights.to(rows.dtype)
     # the share of each tap that fell outside the image reads ``border``
-    outside = None if border_taps is None else 1.0 - corner_weights.sum(-1)  # [q,taps]
-    pixels = corner_rows.shape[0]
+    outside = None if border_taps is None else (1.0 - corner_weights.sum(-1)).t()  # [q,taps]
+    pixels = corner_rows.shape[1]
     step = pixels if torch.is_grad_enabled() else cache_chunk(out.shape[1], out.device)
     for begin in range(0, pixels, step):
         chunk = slice(begin, min(begin + step, pixels))
         target = out[chunk]
         for tap in range(tap_weights.shape[0]):
-            sampled = F.embedding_bag(corner_rows[chunk, tap], rows, mode="sum",
-                                      per_sample_weights=sample_weights[chunk, tap])
+            # a tap's corners are one contiguous block (tap-major): pixel-major corners, read
+            # with a stride of all the taps, made the nine gathers of a `paper` stage-4 block
+            # at 10 % blur 25 % slower (session 26, docs/results/taps-s26/)
+            sampled = F.embedding_bag(corner_rows[tap, chunk], rows, mode="sum",
+                                      per_sample_weights=sample_weights[tap, chunk])
             # In place also under autograd: addcmul's backward needs only its inputs.
             target.addcmul_(sampled, tap_weights[tap])
         if outside is not None:
@@ -146,13 +149,14 @@ def accumulate_taps(out: torch.Tensor, rows: torch.Tensor, corner_rows: torch.Te
 def sample_corners(shape: tuple[int, int, int], batch_index: torch.Tensor, ys: torch.Tensor,
                    xs: torch.Tensor, start: torch.Tensor, end: torch.Tensor, taps: int
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bilinear corners (row index, weight; each [Q, taps, 4]) of every tap of the trajectory
-    sampled at Q pixels (batch_index/ys/xs [Q], start/end [Q,2] in the coordinates' dtype)."""
+    """Bilinear corners (row index, weight; each [taps, Q, 4], tap-major) of every tap of the
+    trajectory sampled at Q pixels (batch_index/ys/xs [Q], start/end [Q,2] in the coordinates'
+    dtype)."""
     _, h, w = shape
-    offsets = trajectory_instants(start, end, taps)  # [Q,taps,2]
-    sample_x = xs.to(offsets.dtype).unsqueeze(1) + offsets[..., 0]
-    sample_y = ys.to(offsets.dtype).unsqueeze(1) + offsets[..., 1]
-    return bilinear_taps(sample_y, sample_x, h, w, batch_index.unsqueeze(1))
+    offsets = trajectory_instants(start, end, taps).transpose(0, 1)  # [taps,Q,2]
+    sample_x = xs.to(offsets.dtype) + offsets[..., 0]
+    sample_y = ys.to(offsets.dtype) + offsets[..., 1]
+    return bilinear_taps(sample_y, sample_x, h, w, batch_index)
 
 
 def deform_conv_all(x: torch.Tensor, start: torch.Tensor, end: torch.Tensor,

@@ -1,10 +1,10 @@
 """The pruned M2AS block at inference in bands of rows (the NAF block's: :mod:`.banded`).
 
-Only the input and one C-channel result map are ever whole, and only the input when the
-caller hands it over. The gated mix is ``norm1(x)^2`` off the mask and, on it, the mask-aware
-conv, computed first on the tiles the mask touches (:mod:`.masked_conv`). Pass 1 pools the mix
-band by band for the channel attention; pass 2 recomputes each band of it and finishes the
-first half. Pass 3 runs the folded conv4, the gate, conv5 and the residual band by band, in
+Whole maps: the input, the gated mix (in the stage's workspace) and the result, which is the
+input itself when the caller hands it over. The gated mix is ``norm1(x)^2`` off the mask and,
+on it, the mask-aware conv, computed first on the tiles the mask touches (:mod:`.masked_conv`).
+Pass 1 writes the mix band by band and pools it for the channel attention; pass 2 reads it back
+and finishes the first half. Pass 3 runs the folded conv4, the gate, conv5 and the residual band by band, in
 place. The masked pixels' deformable taps may read other bands' folded conv4 output, later
 ones included: every band keeps the rows that taps read in a table (:class:`TapTable`), and a
 band is finished only once every row its taps read has been computed (usually one band
@@ -24,7 +24,7 @@ import torch
 from .banded import band_rows, bands, wants_bands
 from .chunking import chunk_items
 from .deform import accumulate_taps, coordinate_dtype, sample_corners
-from .layers import linear_rows, pixel_rows, simple_gate
+from .layers import linear_rows, linear_rows_into, pixel_rows, simple_gate
 from .masked_conv import PrunePlan, masked_gated_depthwise
 
 # Below this share of masked pixels a block runs in bands (1.0: every mask but a full one, which
@@ -58,7 +58,7 @@ class TapReads:
             plan.shape, plan.item, plan.row, plan.col,
             start[plan.item, :, plan.row, plan.col].to(compute),
             end[plan.item, :, plan.row, plan.col].to(compute), taps)
-        self.reach = corners.flatten(1).amax(1) // w
+        self.reach = corners.amax((0, 2)) // w
         touched = torch.zeros(plan.total, dtype=torch.bool, device=corners.device)
         touched[corners.flatten()] = True
         self.needed = touched.nonzero().squeeze(1)
@@ -92,8 +92,8 @@ class TapTable:
         every row they read must be in the table."""
         reads = self.reads
         sampled = fold.kept_bias.to(reads.corner_weights.dtype).expand(last - first, -1).clone()
-        accumulate_taps(sampled, self.table, reads.corner_rows[first:last],
-                        reads.corner_weights[first:last], fold.taps, fold.border)
+        accumulate_taps(sampled, self.table, reads.corner_rows[:, first:last],
+                        reads.corner_weights[:, first:last], fold.taps, fold.border)
         return simple_gate(sampled.to(self.table.dtype))
 
 
@@ -108,7 +108,7 @@ class StageWorkspace:
     """What the banded blocks of one stage share at inference instead of making anew each
     (they share one plan and one trajectory, so sizes and sampling positions repeat): buffers
     for their largest temporaries (the mask-aware conv's table, its output at the masked
-    pixels, the :class:`TapTable`) and the taps' :class:`TapReads`. Fresh, each table of
+    pixels, the whole gated mix, the :class:`TapTable`) and the taps' :class:`TapReads`. Fresh, each table of
     16 MiB or more would be a new mapping (:mod:`.memory`), which costs more to fault in than
     to fill. Each named buffer has one taker at a time: a take invalidates what the previous
     take of that name returned."""
@@ -154,7 +154,7 @@ def _pointwise_table_into(table: torch.Tensor, block, rows: torch.Tensor,
     for first in range(0, index.numel(), step):
         part = index[first:first + step]
         normed = block.norm1.rows(rows.index_select(0, part))
-        table[first:first + part.numel()] = linear_rows(normed, weight, block.conv1.bias)
+        linear_rows_into(table[first:first + part.numel()], normed, weight, block.conv1.bias)
     table[-1] = 0
     return table
 
@@ -172,10 +172,11 @@ def _masked_mix(block, x: torch.Tensor, plan: PrunePlan,
 
 
 def _mix_band(block, x: torch.Tensor, plan: PrunePlan, masked_mix: torch.Tensor | None,
-              top: int, bottom: int) -> torch.Tensor:
+              top: int, bottom: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """Rows [top, bottom) of the gated mix: ``norm1(x)^2`` (the gate of [f1, f1]) off the
-    mask, ``masked_mix`` on it."""
-    band = block.norm1(x[:, :, top:bottom]).square_()
+    mask, ``masked_mix`` on it; into ``out`` (that band of a whole map) when given."""
+    normed = block.norm1(x[:, :, top:bottom])
+    band = normed.square_() if out is None else torch.square(normed, out=out)
     if masked_mix is not None:
         w = x.shape[3]
         first, last = _range_of(plan.mask_index, top * w, bottom * w)
@@ -185,25 +186,30 @@ def _mix_band(block, x: torch.Tensor, plan: PrunePlan, masked_mix: torch.Tensor 
     return band
 
 
-def _channel_attention(block, x: torch.Tensor, plan: PrunePlan, masked_mix, rows: int
-                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The attention of the gated mix, and the mix itself when it had to be kept whole (the
-    tiling recorder observes the whole map); otherwise it is pooled band by band and each
-    band recomputed in pass 2 (one norm per band, cheaper than a whole map in memory)."""
+def _channel_attention(block, x: torch.Tensor, plan: PrunePlan, masked_mix, rows: int,
+                       workspace: StageWorkspace) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The attention of the gated mix, and the mix itself, whole, in the workspace: pass 1
+    writes it as it pools it and pass 2 reads it back. Recomputing each band in pass 2
+    instead (one norm and the masked pixels' copy again) cost more than the whole map's
+    write and read: `paper` stage-4 block at 2152x1436, passes 1 + 2 at 10 / 0 % masked,
+    44.2 -> 40.0 and 40.1 -> 39.3 ms (session 26). The map is a stage-4 map, far smaller
+    than the full-resolution maps that set a forward's peak. With a given mean (tiled
+    inference) there is nothing to pool: None, and pass 2 computes each band itself."""
     pool = block.sca[0]
-    if pool.observer is not None:
-        mix = torch.empty_like(x)
-        for top, bottom in bands(x.shape[2], rows):
-            mix[:, :, top:bottom] = _mix_band(block, x, plan, masked_mix, top, bottom)
-        return block.sca(mix), mix
     if pool.fixed is not None:  # the whole image's mean, given (tiled inference)
         return block.sca(x), None
-    total = torch.zeros(x.shape[0], x.shape[1], 1, 1, dtype=torch.float32, device=x.device)
-    for top, bottom in bands(x.shape[2], rows):
-        total += _mix_band(block, x, plan, masked_mix, top, bottom).sum(
-            (2, 3), keepdim=True, dtype=torch.float32)
-    mean = (total / (x.shape[2] * x.shape[3])).to(x.dtype)
-    return block.sca[1](mean), None
+    b, c, h, w = x.shape
+    mix = workspace.take("mix_map", (b * h * w, c), x.dtype, x.device)
+    mix = mix.view(b, h, w, c).permute(0, 3, 1, 2)
+    total = torch.zeros(b, c, 1, 1, dtype=torch.float32, device=x.device)
+    for top, bottom in bands(h, rows):
+        band = _mix_band(block, x, plan, masked_mix, top, bottom, out=mix[:, :, top:bottom])
+        # pooled while the band is in cache
+        total += band.sum((2, 3), keepdim=True, dtype=torch.float32)
+    if pool.observer is not None:  # the tiling recorder observes the whole map
+        return block.sca(mix), mix
+    mean = (total / (h * w)).to(x.dtype)
+    return block.sca[1](mean), mix
 
 
 def m2as_block_banded(block, x: torch.Tensor, plan: PrunePlan, start: torch.Tensor,
@@ -221,13 +227,14 @@ def m2as_block_banded(block, x: torch.Tensor, plan: PrunePlan, start: torch.Tens
     workspace = workspace if workspace is not None else StageWorkspace()
     rows = rows or band_rows(x, 2 * c)
     masked_mix = _masked_mix(block, x, plan, workspace)
-    attention, mix = _channel_attention(block, x, plan, masked_mix, rows)
+    attention, mix = _channel_attention(block, x, plan, masked_mix, rows, workspace)
     out = x if overwrite_input else torch.empty_like(x)
     for top, bottom in bands(h, rows):
         band = (mix[:, :, top:bottom] if mix is not None
                 else _mix_band(block, x, plan, masked_mix, top, bottom))
-        # into its place (``out`` may be ``x`` itself): no band-sized copy
-        torch.addcmul(x[:, :, top:bottom], block.beta, block.conv3(band * attention),
+        # into its place (``out`` may be ``x`` itself): no band-sized copy; the mix is not
+        # read again, so the attention scales it in place
+        torch.addcmul(x[:, :, top:bottom], block.beta, block.conv3(band.mul_(attention)),
                       out=out[:, :, top:bottom])
     del mix, band, masked_mix, x
     fold = block.folded_conv4()

@@ -27,14 +27,16 @@ from .layers import linear_rows, pixel_rows, simple_gate
 # session 18 the crossover was ~40 %).
 DENSE_MIX_SHARE = 0.75
 
-# Side of the tiles of the pruned depthwise 3x3. Per `paper` stage-4 block at 2152x1436
-# (180x270, 512 channels in the 3x3, 2 threads), conv1 + 3x3 on the masked pixels of a blob
-# mask, ms at 10 / 25 / 40 %: tiles of 8: 11.2 / 32.8 / 42.8, of 12: 10.4 / 27.3 / 42.8, of
-# 16: 10.6 / 27.9 / 44.0; gathering each masked pixel's nine neighbours (until session 18):
-# 16.0 / 41.8 / 64.2 (session 19, a prototype of this function side by side with the old one;
-# `PrunePlan.from_mask(mask, tile=...)` sets the side). Smaller tiles cover the mask more
-# tightly, larger ones gather fewer halo pixels.
-MIX_TILE = 12
+# Side of the tiles of the pruned depthwise 3x3. Smaller tiles cover the mask more tightly,
+# larger ones gather fewer halo pixels and make fewer calls. Per `paper` stage-4 block at
+# 2152x1436 (180x270, 512 channels in the 3x3, 2 threads), the 3x3 and gate on the masked
+# pixels of the benchmark's blob masks (pooled to the stage grid), ms at 5 / 10 / 25 %: tiles
+# of 4: 2.7 / 5.0 / 11.7, of 6: 2.6 / 5.0 / 11.5-12.3, of 8: 3.1 / 5.7 / 12.1-13.6, of 12:
+# 3.9-4.1 / 6.3-6.6 / 13.2-13.9 (session 26, Intel Xeon, docs/results/taps-s26/). Session 19
+# had found 8 to 16 alike on an AMD EPYC (with conv1, 10 %: 11.2 / 10.4 / 10.6 ms for 8 / 12 /
+# 16); gathering each masked pixel's nine neighbours instead (until session 18) cost ~1.5x.
+# `PrunePlan.from_mask(mask, tile=...)` sets the side.
+MIX_TILE = 6
 # Bytes of gathered tiles (with halo, 2C channels) convolved at once: cache-sized.
 TILE_CHUNK_BYTES = 4 << 20
 
