@@ -49,12 +49,15 @@ def deform_conv_dense(x: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
 
 
 def bilinear_taps(ys: torch.Tensor, xs: torch.Tensor, height: int, width: int,
-                  batch_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                  batch_index: torch.Tensor, outside_row: int | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Bilinear corners of sampling points, as rows of a channels-last [B*H*W, C] matrix.
 
     ys/xs [...] float pixel coordinates, batch_index broadcastable to them. Returns the row
-    index and weight of the four corners, each [..., 4]; a corner outside the image gets
-    weight 0 (zero padding, like grid_sample) and a harmless in-range index.
+    index and weight of the four corners, each [..., 4]. A corner outside the image gets
+    weight 0 (zero padding, like grid_sample) and a harmless in-range index; or, given
+    ``outside_row``, that row and its bilinear weight (for a table whose row ``outside_row``
+    holds the map's value outside the image).
     """
     y0, x0 = ys.floor(), xs.floor()
     fy, fx = ys - y0, xs - x0
@@ -64,9 +67,13 @@ def bilinear_taps(ys: torch.Tensor, xs: torch.Tensor, height: int, width: int,
                            (1, 0, fy, 1 - fx), (1, 1, fy, fx)):
         y, x = y0 + dy, x0 + dx
         inside = (y >= 0) & (y < height) & (x >= 0) & (x < width)
-        rows.append((batch_index * height + y.clamp(0, height - 1)) * width
-                    + x.clamp(0, width - 1))
-        weights.append(wy * wx * inside)
+        row = (batch_index * height + y.clamp(0, height - 1)) * width + x.clamp(0, width - 1)
+        if outside_row is None:
+            rows.append(row)
+            weights.append(wy * wx * inside)
+        else:
+            rows.append(torch.where(inside, row, outside_row))
+            weights.append(wy * wx)
     return torch.stack(rows, -1), torch.stack(weights, -1)
 
 
@@ -147,16 +154,16 @@ def accumulate_taps(out: torch.Tensor, rows: torch.Tensor, corner_rows: torch.Te
 
 
 def sample_corners(shape: tuple[int, int, int], batch_index: torch.Tensor, ys: torch.Tensor,
-                   xs: torch.Tensor, start: torch.Tensor, end: torch.Tensor, taps: int
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+                   xs: torch.Tensor, start: torch.Tensor, end: torch.Tensor, taps: int,
+                   outside_row: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Bilinear corners (row index, weight; each [taps, Q, 4], tap-major) of every tap of the
     trajectory sampled at Q pixels (batch_index/ys/xs [Q], start/end [Q,2] in the coordinates'
-    dtype)."""
+    dtype); ``outside_row`` as in :func:`bilinear_taps`."""
     _, h, w = shape
     offsets = trajectory_instants(start, end, taps).transpose(0, 1)  # [taps,Q,2]
     sample_x = xs.to(offsets.dtype) + offsets[..., 0]
     sample_y = ys.to(offsets.dtype) + offsets[..., 1]
-    return bilinear_taps(sample_y, sample_x, h, w, batch_index)
+    return bilinear_taps(sample_y, sample_x, h, w, batch_index, outside_row)
 
 
 def deform_conv_all(x: torch.Tensor, start: torch.Tensor, end: torch.Tensor,

@@ -54,19 +54,6 @@ def linear_rows(rows: torch.Tensor, weight: torch.Tensor,
     return pixel_rows(F.conv2d(as_map, weight.view(-1, c, 1, 1), bias))
 
 
-def linear_rows_into(out: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor,
-                     bias: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`linear_rows` written into ``out`` [N, Cout]. In fp32 a matmul straight into
-    ``out``: MKL's kernel matched oneDNN's convolution on the Intel Xeon of session 26, and
-    nothing is copied (a `paper` stage-4 table of 7109 rows: 6.9 -> 6.0 ms). In bf16 oneDNN's
-    convolution (1.3-1.4x faster where measured) and a copy."""
-    if out.dtype == torch.bfloat16 and onednn_pointwise(rows):
-        return out.copy_(linear_rows(rows, weight, bias))
-    if bias is None:
-        return torch.mm(rows, weight.t(), out=out)
-    return torch.addmm(bias, rows, weight.t(), out=out)
-
-
 class Conv1x1(nn.Conv2d):
     """1x1 convolution, by the faster of two kernels for channels-last input.
 

@@ -1,10 +1,10 @@
 """The pruned M2AS block at inference in bands of rows (the NAF block's: :mod:`.banded`).
 
-Whole maps: the input, the gated mix (in the stage's workspace) and the result, which is the
-input itself when the caller hands it over. The gated mix is ``norm1(x)^2`` off the mask and,
-on it, the mask-aware conv, computed first on the tiles the mask touches (:mod:`.masked_conv`).
-Pass 1 writes the mix band by band and pools it for the channel attention; pass 2 reads it back
-and finishes the first half. Pass 3 runs the folded conv4, the gate, conv5 and the residual band by band, in
+Only the input and one C-channel result map are ever whole, and only the input when the
+caller hands it over. The gated mix is ``norm1(x)^2`` off the mask and, on it, the mask-aware
+conv, computed first on the tiles the mask touches (:mod:`.masked_conv`). Pass 1 pools the mix
+band by band for the channel attention; pass 2 recomputes each band of it and finishes the
+first half. Pass 3 runs the folded conv4, the gate, conv5 and the residual band by band, in
 place. The masked pixels' deformable taps may read other bands' folded conv4 output, later
 ones included: every band keeps the rows that taps read in a table (:class:`TapTable`), and a
 band is finished only once every row its taps read has been computed (usually one band
@@ -24,7 +24,7 @@ import torch
 from .banded import band_rows, bands, wants_bands
 from .chunking import chunk_items
 from .deform import accumulate_taps, coordinate_dtype, sample_corners
-from .layers import linear_rows, linear_rows_into, pixel_rows, simple_gate
+from .layers import linear_rows, pixel_rows, simple_gate
 from .masked_conv import PrunePlan, masked_gated_depthwise
 
 # Below this share of masked pixels a block runs in bands (1.0: every mask but a full one, which
@@ -47,37 +47,46 @@ def wants_m2as_bands(x: torch.Tensor, plan: PrunePlan) -> bool:
 class TapReads:
     """Where the masked pixels' deformable taps read: bilinear corners as rows of the table
     (``corner_rows``, with ``corner_weights``), the map rows the table holds (``needed``,
-    ascending) and, per masked pixel, the last grid row its taps read (``reach``). The same
-    for every block of a stage (one plan, one trajectory)."""
+    ascending; the index ``plan.total`` last, standing for the outside of the image, when a
+    corner falls there) and, per masked pixel, the last grid row its taps read (``reach``).
+    The same for every block of a stage (one plan, one trajectory)."""
 
     def __init__(self, plan: PrunePlan, start: torch.Tensor, end: torch.Tensor, taps: int,
                  dtype: torch.dtype) -> None:
-        w = plan.shape[2]
+        w, outside = plan.shape[2], plan.total
         compute = coordinate_dtype(dtype)
+        # Corners outside the image read a table row that holds the map's value there, so the
+        # gathers sum it with the rest. Adding it per chunk afterwards, as a product of the
+        # outside shares and the border, ran through MKL's matmul, which kept ~9 MB of
+        # buffers for the rest of the process (session 26).
         corners, self.corner_weights = sample_corners(
             plan.shape, plan.item, plan.row, plan.col,
             start[plan.item, :, plan.row, plan.col].to(compute),
-            end[plan.item, :, plan.row, plan.col].to(compute), taps)
-        self.reach = corners.amax((0, 2)) // w
-        touched = torch.zeros(plan.total, dtype=torch.bool, device=corners.device)
+            end[plan.item, :, plan.row, plan.col].to(compute), taps, outside_row=outside)
+        self.reach = corners.masked_fill(corners == outside, 0).amax((0, 2)) // w
+        touched = torch.zeros(outside + 1, dtype=torch.bool, device=corners.device)
         touched[corners.flatten()] = True
         self.needed = touched.nonzero().squeeze(1)
         del touched
-        position = torch.empty(plan.total, dtype=torch.long, device=corners.device)
+        position = torch.empty(outside + 1, dtype=torch.long, device=corners.device)
         position[self.needed] = torch.arange(self.needed.numel(), device=corners.device)
         self.corner_rows = position[corners]
+        self.outside_row = (self.needed.numel() - 1
+                            if self.needed.numel() and int(self.needed[-1]) == outside else None)
 
 
 class TapTable:
     """The folded conv4 rows that the masked pixels' deformable taps read (:class:`TapReads`),
-    filled band by band."""
+    filled band by band, and ``border``, the folded map's value outside the image."""
 
-    def __init__(self, reads: TapReads, channels: int, dtype: torch.dtype,
+    def __init__(self, reads: TapReads, border: torch.Tensor, dtype: torch.dtype,
                  workspace: "StageWorkspace") -> None:
         self.reads = reads
-        shape = (reads.needed.numel(), channels)
+        shape = (reads.needed.numel(), border.numel())
         device = reads.needed.device
         self.table = workspace.take("table", shape, dtype, device)
+        if reads.outside_row is not None:
+            self.table[reads.outside_row] = border
 
     def keep(self, folded: torch.Tensor, first_row: int, end_row: int) -> None:
         """Copy the needed rows among map rows [first_row, end_row) (``folded``)."""
@@ -93,7 +102,7 @@ class TapTable:
         reads = self.reads
         sampled = fold.kept_bias.to(reads.corner_weights.dtype).expand(last - first, -1).clone()
         accumulate_taps(sampled, self.table, reads.corner_rows[:, first:last],
-                        reads.corner_weights[:, first:last], fold.taps, fold.border)
+                        reads.corner_weights[:, first:last], fold.taps)
         return simple_gate(sampled.to(self.table.dtype))
 
 
@@ -108,7 +117,7 @@ class StageWorkspace:
     """What the banded blocks of one stage share at inference instead of making anew each
     (they share one plan and one trajectory, so sizes and sampling positions repeat): buffers
     for their largest temporaries (the mask-aware conv's table, its output at the masked
-    pixels, the whole gated mix, the :class:`TapTable`) and the taps' :class:`TapReads`. Fresh, each table of
+    pixels, the :class:`TapTable`) and the taps' :class:`TapReads`. Fresh, each table of
     16 MiB or more would be a new mapping (:mod:`.memory`), which costs more to fault in than
     to fill. Each named buffer has one taker at a time: a take invalidates what the previous
     take of that name returned."""
@@ -154,7 +163,7 @@ def _pointwise_table_into(table: torch.Tensor, block, rows: torch.Tensor,
     for first in range(0, index.numel(), step):
         part = index[first:first + step]
         normed = block.norm1.rows(rows.index_select(0, part))
-        linear_rows_into(table[first:first + part.numel()], normed, weight, block.conv1.bias)
+        table[first:first + part.numel()] = linear_rows(normed, weight, block.conv1.bias)
     table[-1] = 0
     return table
 
@@ -172,11 +181,10 @@ def _masked_mix(block, x: torch.Tensor, plan: PrunePlan,
 
 
 def _mix_band(block, x: torch.Tensor, plan: PrunePlan, masked_mix: torch.Tensor | None,
-              top: int, bottom: int, out: torch.Tensor | None = None) -> torch.Tensor:
+              top: int, bottom: int) -> torch.Tensor:
     """Rows [top, bottom) of the gated mix: ``norm1(x)^2`` (the gate of [f1, f1]) off the
-    mask, ``masked_mix`` on it; into ``out`` (that band of a whole map) when given."""
-    normed = block.norm1(x[:, :, top:bottom])
-    band = normed.square_() if out is None else torch.square(normed, out=out)
+    mask, ``masked_mix`` on it."""
+    band = block.norm1(x[:, :, top:bottom]).square_()
     if masked_mix is not None:
         w = x.shape[3]
         first, last = _range_of(plan.mask_index, top * w, bottom * w)
@@ -186,30 +194,25 @@ def _mix_band(block, x: torch.Tensor, plan: PrunePlan, masked_mix: torch.Tensor 
     return band
 
 
-def _channel_attention(block, x: torch.Tensor, plan: PrunePlan, masked_mix, rows: int,
-                       workspace: StageWorkspace) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The attention of the gated mix, and the mix itself, whole, in the workspace: pass 1
-    writes it as it pools it and pass 2 reads it back. Recomputing each band in pass 2
-    instead (one norm and the masked pixels' copy again) cost more than the whole map's
-    write and read: `paper` stage-4 block at 2152x1436, passes 1 + 2 at 10 / 0 % masked,
-    44.2 -> 40.0 and 40.1 -> 39.3 ms (session 26). The map is a stage-4 map, far smaller
-    than the full-resolution maps that set a forward's peak. With a given mean (tiled
-    inference) there is nothing to pool: None, and pass 2 computes each band itself."""
+def _channel_attention(block, x: torch.Tensor, plan: PrunePlan, masked_mix, rows: int
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The attention of the gated mix, and the mix itself when it had to be kept whole (the
+    tiling recorder observes the whole map); otherwise it is pooled band by band and each
+    band recomputed in pass 2 (one norm per band, cheaper than a whole map in memory)."""
     pool = block.sca[0]
+    if pool.observer is not None:
+        mix = torch.empty_like(x)
+        for top, bottom in bands(x.shape[2], rows):
+            mix[:, :, top:bottom] = _mix_band(block, x, plan, masked_mix, top, bottom)
+        return block.sca(mix), mix
     if pool.fixed is not None:  # the whole image's mean, given (tiled inference)
         return block.sca(x), None
-    b, c, h, w = x.shape
-    mix = workspace.take("mix_map", (b * h * w, c), x.dtype, x.device)
-    mix = mix.view(b, h, w, c).permute(0, 3, 1, 2)
-    total = torch.zeros(b, c, 1, 1, dtype=torch.float32, device=x.device)
-    for top, bottom in bands(h, rows):
-        band = _mix_band(block, x, plan, masked_mix, top, bottom, out=mix[:, :, top:bottom])
-        # pooled while the band is in cache
-        total += band.sum((2, 3), keepdim=True, dtype=torch.float32)
-    if pool.observer is not None:  # the tiling recorder observes the whole map
-        return block.sca(mix), mix
-    mean = (total / (h * w)).to(x.dtype)
-    return block.sca[1](mean), mix
+    total = torch.zeros(x.shape[0], x.shape[1], 1, 1, dtype=torch.float32, device=x.device)
+    for top, bottom in bands(x.shape[2], rows):
+        total += _mix_band(block, x, plan, masked_mix, top, bottom).sum(
+            (2, 3), keepdim=True, dtype=torch.float32)
+    mean = (total / (x.shape[2] * x.shape[3])).to(x.dtype)
+    return block.sca[1](mean), None
 
 
 def m2as_block_banded(block, x: torch.Tensor, plan: PrunePlan, start: torch.Tensor,
@@ -227,14 +230,13 @@ def m2as_block_banded(block, x: torch.Tensor, plan: PrunePlan, start: torch.Tens
     workspace = workspace if workspace is not None else StageWorkspace()
     rows = rows or band_rows(x, 2 * c)
     masked_mix = _masked_mix(block, x, plan, workspace)
-    attention, mix = _channel_attention(block, x, plan, masked_mix, rows, workspace)
+    attention, mix = _channel_attention(block, x, plan, masked_mix, rows)
     out = x if overwrite_input else torch.empty_like(x)
     for top, bottom in bands(h, rows):
         band = (mix[:, :, top:bottom] if mix is not None
                 else _mix_band(block, x, plan, masked_mix, top, bottom))
-        # into its place (``out`` may be ``x`` itself): no band-sized copy; the mix is not
-        # read again, so the attention scales it in place
-        torch.addcmul(x[:, :, top:bottom], block.beta, block.conv3(band.mul_(attention)),
+        # into its place (``out`` may be ``x`` itself): no band-sized copy
+        torch.addcmul(x[:, :, top:bottom], block.beta, block.conv3(band * attention),
                       out=out[:, :, top:bottom])
     del mix, band, masked_mix, x
     fold = block.folded_conv4()
@@ -242,7 +244,7 @@ def m2as_block_banded(block, x: torch.Tensor, plan: PrunePlan, start: torch.Tens
     if plan.masked:
         taps_per_pixel = fold.taps.shape[1]
         reads = workspace.tap_reads(plan, start, end, taps_per_pixel, out.dtype)
-        taps = TapTable(reads, 2 * c, out.dtype, workspace)
+        taps = TapTable(reads, fold.border, out.dtype, workspace)
     # folded bands waiting for rows their taps read: (last grid row they read, band)
     pending = deque()
 
