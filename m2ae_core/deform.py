@@ -143,7 +143,7 @@ def accumulate_taps(out: torch.Tensor, rows: torch.Tensor, corner_rows: torch.Te
         for tap in range(tap_weights.shape[0]):
             # a tap's corners are one contiguous block (tap-major): pixel-major corners, read
             # with a stride of all the taps, made the nine gathers of a `paper` stage-4 block
-            # at 10 % blur 25 % slower (session 26, docs/results/taps-s26/)
+            # at 10 % blur 8-22 % slower (session 26, docs/results/taps-s26/taps_layout_ab.txt)
             sampled = F.embedding_bag(corner_rows[tap, chunk], rows, mode="sum",
                                       per_sample_weights=sample_weights[tap, chunk])
             # In place also under autograd: addcmul's backward needs only its inputs.

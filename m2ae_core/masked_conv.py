@@ -29,13 +29,14 @@ DENSE_MIX_SHARE = 0.75
 
 # Side of the tiles of the pruned depthwise 3x3. Smaller tiles cover the mask more tightly,
 # larger ones gather fewer halo pixels and make fewer calls. Per `paper` stage-4 block at
-# 2152x1436 (180x270, 512 channels in the 3x3, 2 threads), the 3x3 and gate on the masked
-# pixels of the benchmark's blob masks (pooled to the stage grid), ms at 5 / 10 / 25 %: tiles
-# of 4: 2.7 / 5.0 / 11.7, of 6: 2.6 / 5.0 / 11.5-12.3, of 8: 3.1 / 5.7 / 12.1-13.6, of 12:
-# 3.9-4.1 / 6.3-6.6 / 13.2-13.9 (session 26, Intel Xeon, docs/results/taps-s26/). Session 19
-# had found 8 to 16 alike on an AMD EPYC (with conv1, 10 %: 11.2 / 10.4 / 10.6 ms for 8 / 12 /
-# 16); gathering each masked pixel's nine neighbours instead (until session 18) cost ~1.5x.
-# `PrunePlan.from_mask(mask, tile=...)` sets the side.
+# 2152x1436 (180x270, 512 channels in the 3x3, 2 threads), the 3x3 and gate on the masked pixels
+# of the benchmark's blob masks (pooled to the stage grid), ms at 5 / 10 / 25 %: tiles of 4: 2.7
+# / 5.0-5.1 / 11.6-11.8, of 6: 2.6 / 4.9-5.1 / 11.5-12.3, of 8: 3.1 / 5.7-5.8 / 12.1-13.6, of
+# 12: 3.9-4.1 / 6.3-6.6 / 13.2-13.9 (session 26, Intel Xeon,
+# docs/results/taps-s26/tile_sides.txt). Session 19 had found 8 to 16 alike on an AMD EPYC (with
+# conv1, 10 %: 11.2 / 10.4 / 10.6 ms for 8 / 12 / 16); gathering each masked pixel's nine
+# neighbours instead (until session 18) cost ~1.5x. `PrunePlan.from_mask(mask, tile=...)` sets
+# the side.
 MIX_TILE = 6
 # Bytes of gathered tiles (with halo, 2C channels) convolved at once: cache-sized.
 TILE_CHUNK_BYTES = 4 << 20
