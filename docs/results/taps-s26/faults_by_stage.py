@@ -8,7 +8,7 @@ Output: faults_by_stage.txt.
 import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
-import argparse, time, statistics, resource, torch
+import argparse, time, resource, torch
 from forward_setup import add_forward_arguments, prepare_forward
 from m2ae_core.memory import malloc_stats
 def ru(): r = resource.getrusage(resource.RUSAGE_SELF); return r.ru_minflt, r.ru_stime, r.ru_utime

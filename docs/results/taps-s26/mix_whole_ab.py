@@ -14,7 +14,7 @@ import argparse, time, statistics, torch
 from collections import deque
 from forward_setup import add_forward_arguments, prepare_forward
 from m2ae_core.masked_conv import PrunePlan
-from m2ae_core.m2as_banded import *
+from m2ae_core.m2as_banded import StageWorkspace, TapTable
 from m2ae_core.m2as_banded import _masked_mix, _channel_attention, _mix_band, _range_of
 from m2ae_core.banded import band_rows, bands
 from m2ae_core.layers import linear_rows, pixel_rows

@@ -11,7 +11,7 @@ taps_layout_ab.txt.
 import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
-import argparse, time, statistics, torch
+import time, statistics, torch
 import torch.nn.functional as F
 from m2ae_core.benchmark.workload import activate_all_branches_, blob_mask
 from m2ae_core.m2as import M2ASBlock
