@@ -53,26 +53,27 @@ class TapReads:
 
     def __init__(self, plan: PrunePlan, start: torch.Tensor, end: torch.Tensor, taps: int,
                  dtype: torch.dtype) -> None:
-        w, outside = plan.shape[2], plan.total
+        w, total = plan.shape[2], plan.total
         compute = coordinate_dtype(dtype)
         # Corners outside the image read a table row that holds the map's value there, so the
         # gathers sum it with the rest. Adding it per chunk afterwards, as a product of the
-        # outside shares and the border, ran through MKL's matmul, which kept ~9 MB of
-        # buffers for the rest of the process (session 26).
+        # outside shares and the border, ran through MKL's matmul, which kept ~17 MiB of
+        # buffers for the rest of the process (session 26). They index -1 here: below every
+        # grid row for ``reach``, and the last entry (``total``) of the lookups below.
         corners, self.corner_weights = sample_corners(
             plan.shape, plan.item, plan.row, plan.col,
             start[plan.item, :, plan.row, plan.col].to(compute),
-            end[plan.item, :, plan.row, plan.col].to(compute), taps, outside_row=outside)
-        self.reach = corners.masked_fill(corners == outside, 0).amax((0, 2)) // w
-        touched = torch.zeros(outside + 1, dtype=torch.bool, device=corners.device)
+            end[plan.item, :, plan.row, plan.col].to(compute), taps, outside_row=-1)
+        self.reach = corners.amax((0, 2)) // w
+        touched = torch.zeros(total + 1, dtype=torch.bool, device=corners.device)
         touched[corners.flatten()] = True
         self.needed = touched.nonzero().squeeze(1)
         del touched
-        position = torch.empty(outside + 1, dtype=torch.long, device=corners.device)
+        position = torch.empty(total + 1, dtype=torch.long, device=corners.device)
         position[self.needed] = torch.arange(self.needed.numel(), device=corners.device)
         self.corner_rows = position[corners]
         self.outside_row = (self.needed.numel() - 1
-                            if self.needed.numel() and int(self.needed[-1]) == outside else None)
+                            if self.needed.numel() and int(self.needed[-1]) == total else None)
 
 
 class TapTable:
