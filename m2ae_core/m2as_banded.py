@@ -67,13 +67,14 @@ class TapReads:
         self.reach = corners.amax((0, 2)) // w
         touched = torch.zeros(total + 1, dtype=torch.bool, device=corners.device)
         touched[corners.flatten()] = True
+        reads_outside = bool(touched[total])
         self.needed = touched.nonzero().squeeze(1)
         del touched
         position = torch.empty(total + 1, dtype=torch.long, device=corners.device)
         position[self.needed] = torch.arange(self.needed.numel(), device=corners.device)
         self.corner_rows = position[corners]
-        self.outside_row = (self.needed.numel() - 1
-                            if self.needed.numel() and int(self.needed[-1]) == total else None)
+        # the table row of the outside: the last needed one, when any corner falls there
+        self.outside_row = self.needed.numel() - 1 if reads_outside else None
 
 
 class TapTable:

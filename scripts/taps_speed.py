@@ -57,8 +57,8 @@ def main() -> None:
         begin = time.perf_counter()
         for first in range(0, pixels, per_call):
             part = slice(first, first + per_call)
-            accumulate_taps(out[part], rows, corner_rows[:, part], corner_weights[:, part], weight,
-                            border)
+            accumulate_taps(out[part], rows, corner_rows[:, part], corner_weights[:, part],
+                            weight, border)
         return time.perf_counter() - begin
 
     print(f"{pixels} masked pixels ({args.fraction:g} % blob mask) of a {h}x{w} grid, {c} "

@@ -12,9 +12,9 @@ from m2ae_core.benchmark.cell import make_inputs
 from m2ae_core.benchmark.machine import peak_rss_bytes, set_threads
 from m2ae_core.benchmark.models import build_spec_model, parse_model_spec
 from m2ae_core.memory import return_freed_memory_promptly
+from m2ae_core.procfs import kib_field_bytes
 def rss():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS"): return int(line.split()[1]) // 1024
+    return kib_field_bytes("/proc/self/status", "VmRSS") >> 20
 return_freed_memory_promptly(); set_threads(2)
 spec = parse_model_spec(sys.argv[1]); frac = float(sys.argv[2])
 model = build_spec_model(spec)
