@@ -23,7 +23,8 @@ def cpu_model() -> str:
 
 
 def machine_info(device: str, threads: int | None) -> dict:
-    """CPU model, cores, threads, torch version, device: the header of every report."""
+    """CPU model, cores, threads, torch version, device (and on the CPU whether the compiled
+    tap kernel runs): the header of every report."""
     import torch
 
     info = {
@@ -35,6 +36,11 @@ def machine_info(device: str, threads: int | None) -> dict:
         "platform": platform.platform(),
         "device": device,
     }
+    if device == "cpu":
+        from .. import fused_taps
+
+        # built here, before the cells, when it is not yet: no cell times a build
+        info["fused_taps"] = fused_taps.status()
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
         info["cuda"] = torch.version.cuda

@@ -41,7 +41,8 @@ def machine_lines(data: dict) -> list[str]:
     m = data["machine"]
     lines = [f"- machine: {m['cpu']}, {m['cores']} cores; torch threads: {m['threads']}; "
              f"device {m['device']}" + (f" ({m['gpu']}, CUDA {m.get('cuda')})" if m.get("gpu") else ""),
-             f"- software: torch {m['torch']}, Python {m['python']}, {m['platform']}",
+             f"- software: torch {m['torch']}, Python {m['python']}, {m['platform']}"
+             + (f"; fused tap kernel: {m['fused_taps']}" if m.get("fused_taps") else ""),
              f"- date: {data.get('date', '?')}; total benchmark time {data.get('elapsed_s', 0):.0f} s",
              f"- command: `{data['command']}`"]
     s = data["settings"]

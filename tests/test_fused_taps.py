@@ -1,0 +1,186 @@
+"""The compiled deformable-tap kernel (m2ae_core.fused_taps) against the PyTorch ops."""
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import pytest
+import torch
+
+from m2ae_core import deform, fused_taps
+from m2ae_core.deform import accumulate_taps, sample_corners
+
+
+@pytest.fixture
+def fresh_kernel(monkeypatch):
+    """kernel() is cached per process: start and end each test that changes its switches
+    with an empty cache."""
+    fused_taps.kernel.cache_clear()
+    yield monkeypatch
+    monkeypatch.undo()
+    fused_taps.kernel.cache_clear()
+
+
+def built_kernel():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the skip below gives the reason
+        module = fused_taps.kernel()
+    if module is None:
+        pytest.skip("the fused-tap kernel cannot be built here (no C++ compiler with OpenMP "
+                    "or no ninja); the PyTorch ops run instead, tested elsewhere")
+    return module
+
+
+def taps_case(channels: int, pixels: int = 300, height: int = 23, width: int = 31,
+              seed: int = 0, outside_row: int | None = None):
+    gen = torch.Generator().manual_seed(seed)
+    flat = torch.randperm(height * width, generator=gen)[:pixels]
+    start = torch.randn(pixels, 2, generator=gen) * 4
+    end = torch.randn(pixels, 2, generator=gen) * 4
+    corner_rows, corner_weights = sample_corners(
+        (1, height, width), torch.zeros(pixels, dtype=torch.long), flat // width, flat % width,
+        start, end, 9, outside_row=outside_row)
+    rows = torch.randn(height * width + 1, channels, generator=gen)
+    weight = torch.randn(channels, 9, generator=gen)
+    bias = torch.randn(channels, generator=gen)
+    border = torch.randn(channels, generator=gen)
+    return rows, corner_rows, corner_weights, weight, bias, border
+
+
+def reference_taps(monkeypatch, out, *args):
+    """accumulate_taps through the PyTorch ops (the kernel switched away)."""
+    monkeypatch.setattr(fused_taps, "kernel", lambda: None)
+    accumulate_taps(out, *args)
+    monkeypatch.undo()
+    return out
+
+
+@pytest.mark.parametrize("channels", [512, 37, 1])
+@pytest.mark.parametrize("with_border", [False, True])
+def test_kernel_sums_the_same_taps_as_the_pytorch_ops(monkeypatch, channels, with_border):
+    built_kernel()
+    rows, corner_rows, corner_weights, weight, bias, border = taps_case(channels)
+    border = border if with_border else None
+    with torch.inference_mode():
+        expected = reference_taps(monkeypatch, bias.expand(300, -1).clone(), rows,
+                                  corner_rows, corner_weights, weight, border)
+        out = bias.expand(300, -1).clone()
+        assert fused_taps.accumulate_taps(out, rows, corner_rows, corner_weights,
+                                          weight.t().contiguous(), border)
+    assert (out - expected).abs().max() <= 2e-5 * expected.abs().max()
+    # the taps did something: a wrong or skipped sum would not pass the check above
+    assert (expected - bias).abs().max() > 0.1
+
+
+def test_kernel_reads_a_slice_of_the_pixels_and_a_border_row_of_the_table(monkeypatch):
+    """The banded blocks pass [taps, a:b, 4] slices (a stride of all pixels between taps) and
+    corners outside the image indexing the table's last row."""
+    built_kernel()
+    rows, corner_rows, corner_weights, weight, bias, _ = taps_case(64, outside_row=23 * 31)
+    assert (corner_rows == 23 * 31).any()  # some corners do read the border row
+    part = slice(100, 220)
+    args = (rows, corner_rows[:, part], corner_weights[:, part], weight)
+    assert not corner_rows[:, part].is_contiguous()
+    with torch.inference_mode():
+        expected = reference_taps(monkeypatch, bias.expand(120, -1).clone(), *args)
+        out = bias.expand(120, -1).clone()
+        accumulate_taps(out, *args)  # the kernel's path
+    assert (out - expected).abs().max() <= 2e-5 * expected.abs().max()
+
+
+def test_a_corner_outside_the_table_is_an_error_not_a_stray_read():
+    built_kernel()
+    rows, corner_rows, corner_weights, weight, bias, _ = taps_case(16)
+    corner_rows = corner_rows.clone()
+    corner_rows[3, 7, 2] = rows.shape[0]  # one past the end
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="outside the table"):
+        fused_taps.accumulate_taps(bias.expand(300, -1).clone(), rows, corner_rows,
+                                   corner_weights, weight.t().contiguous(), None)
+
+
+@pytest.mark.parametrize("case", ["grad", "bf16", "float64"])
+def test_kernel_is_not_used_where_it_does_not_apply(case):
+    rows, corner_rows, corner_weights, weight, bias, _ = taps_case(8)
+    out = bias.expand(300, -1).clone()
+    if case == "bf16":
+        rows = rows.bfloat16()
+    elif case == "float64":
+        rows, out, corner_weights = rows.double(), out.double(), corner_weights.double()
+    with torch.set_grad_enabled(case == "grad"):
+        assert not fused_taps.applies(out, rows, corner_weights)
+        before = out.clone()
+        assert not fused_taps.accumulate_taps(out, rows, corner_rows, corner_weights,
+                                              weight.t().contiguous().to(out.dtype), None)
+        assert torch.equal(out, before)
+
+
+def test_switched_off_it_is_neither_built_nor_used(fresh_kernel):
+    fresh_kernel.setenv(fused_taps.ENV_SWITCH, "off")
+    fresh_kernel.setattr(fused_taps, "_build", lambda name: pytest.fail("built while off"))
+    assert fused_taps.kernel() is None
+    assert fused_taps.status().startswith("off")
+
+
+def test_an_unknown_switch_value_is_refused(fresh_kernel):
+    fresh_kernel.setenv(fused_taps.ENV_SWITCH, "sometimes")
+    with pytest.raises(ValueError, match="auto, on or off"):
+        fused_taps.kernel()
+
+
+def unbuildable(name):
+    raise OSError("no C++ compiler")
+
+
+def test_a_failed_build_warns_once_and_the_pytorch_ops_run(fresh_kernel, tmp_path):
+    fresh_kernel.setenv(fused_taps.ENV_SWITCH, "auto")
+    fresh_kernel.setenv(fused_taps.ENV_CACHE, str(tmp_path))
+    fresh_kernel.setattr(fused_taps, "_build", unbuildable)
+    with pytest.warns(RuntimeWarning, match="no C.. compiler.*PyTorch ops instead"):
+        assert fused_taps.kernel() is None
+    rows, corner_rows, corner_weights, weight, bias, border = taps_case(8)
+    with torch.inference_mode():
+        out = bias.expand(300, -1).clone()
+        accumulate_taps(out, rows, corner_rows, corner_weights, weight, border)
+    assert (out - bias).abs().max() > 0.1  # the taps were still added
+
+
+def test_a_failed_build_is_an_error_when_the_kernel_is_required(fresh_kernel, tmp_path):
+    fresh_kernel.setenv(fused_taps.ENV_SWITCH, "on")
+    fresh_kernel.setenv(fused_taps.ENV_CACHE, str(tmp_path))
+    fresh_kernel.setattr(fused_taps, "_build", unbuildable)
+    with pytest.raises(RuntimeError, match="could not be built"):
+        fused_taps.kernel()
+
+
+def test_a_built_kernel_is_loaded_from_the_cache_without_building(fresh_kernel, tmp_path):
+    built_kernel()
+    built = fused_taps._built_file(fused_taps.module_name())
+    fresh_kernel.setenv(fused_taps.ENV_CACHE, str(tmp_path))
+    fused_taps.kernel.cache_clear()
+    shutil.copyfile(built, fused_taps._built_file(fused_taps.module_name()))
+    fresh_kernel.setattr(fused_taps, "_build", lambda name: pytest.fail("rebuilt"))
+    assert fused_taps.kernel() is not None
+    assert str(tmp_path) in fused_taps.status()
+
+
+def test_each_cpu_gets_its_own_build(monkeypatch):
+    """A kernel built with -march=native must not load on another CPU sharing the cache."""
+    first = fused_taps.module_name()
+    monkeypatch.setattr(fused_taps, "_cpu_flags", lambda: "fpu sse2")
+    assert fused_taps.module_name() != first
+
+
+def test_deform_takes_the_kernel_at_inference(monkeypatch):
+    """accumulate_taps hands float32 inference calls to the kernel (and none in training)."""
+    calls = []
+    real = fused_taps.accumulate_taps
+
+    def counting(*args):
+        calls.append(torch.is_grad_enabled())
+        return real(*args)
+
+    monkeypatch.setattr(deform.fused_taps, "accumulate_taps", counting)
+    rows, corner_rows, corner_weights, weight, bias, _ = taps_case(8)
+    with torch.inference_mode():
+        accumulate_taps(bias.expand(300, -1).clone(), rows, corner_rows, corner_weights, weight)
+    assert calls == [False]
