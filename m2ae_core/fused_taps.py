@@ -177,6 +177,9 @@ def _build(name: str) -> Path:
     return target
 
 
+_failures: list[str] = []  # why the kernel could not be built or loaded, for status()
+
+
 @functools.lru_cache(maxsize=1)
 def kernel():
     """The compiled module (``accumulate_taps``), or None where it is switched off or cannot
@@ -193,6 +196,7 @@ def kernel():
             path = _build(name)
         return _import_built(path, name)
     except Exception as exc:  # no compiler, no ninja, no OpenMP, a read-only cache ...
+        _failures.append(f"{type(exc).__name__}: {exc}".splitlines()[0][:200])
         message = (f"the fused deformable-tap kernel could not be built or loaded ({exc}). "
                    f"M2AE uses PyTorch ops instead (same results, slower on masked pixels). "
                    f"Set {ENV_SWITCH}=off to skip the attempt")
@@ -210,7 +214,9 @@ def status() -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module = kernel()
-    return f"on ({_built_file(module_name())})" if module is not None else "unavailable"
+    if module is not None:
+        return f"on ({_built_file(module_name())})"
+    return "unavailable" + (f" ({_failures[-1]})" if _failures else "")
 
 
 def applies(out: torch.Tensor, rows: torch.Tensor, corner_weights: torch.Tensor) -> bool:

@@ -4,7 +4,7 @@
         LABEL [--repeats 17]
 
 Prints one line per call: an M2AS block of `paper`'s stage 4 (180x270 grid, 256 channels, as at
-2152x1436) at 0 / 10 / 25 % masked, handed its input (``overwrite_input``) with a stage
+2152x1436) at 0 / 10 / 25 % masked (``--fractions``), handed its input (``overwrite_input``) with a stage
 workspace, and NAF blocks of NAFNet-w32's stage 4 and of a half-resolution stage (720x1080,
 64 channels) with a shared scratch map. Median ms over the forwards after two warm-ups. For
 A/B runs of a change: alternate processes of the old and new code (``git stash``), the label
@@ -40,15 +40,17 @@ def channels_last_input(h: int, w: int, c: int) -> torch.Tensor:
     return torch.randn(1, h, w, c).permute(0, 3, 1, 2)
 
 
-def m2as_times(repeats: int) -> list[str]:
+def m2as_times(repeats: int, fractions=(0, 10, 25)) -> list[str]:
     h, w, c = 180, 270, 256
     block = M2ASBlock(c).eval()
     activate_all_branches_(block)
     x = channels_last_input(h, w, c)
     lines = []
-    for percent in (0, 10, 25):
+    for percent in fractions:
         mask = torch.zeros(1, 1, h, w, dtype=torch.bool)
-        if percent:
+        if percent == 100:
+            mask = torch.ones(1, 1, h, w, dtype=torch.bool)
+        elif percent:
             mask = blob_mask(h, w, percent / 100, seed=1).view(1, 1, h, w).bool()
         start, end = torch.randn(1, 2, h, w) * 2 * mask, torch.randn(1, 2, h, w) * 2 * mask
         plan, workspace = PrunePlan.from_mask(mask), StageWorkspace()
@@ -81,12 +83,14 @@ def main() -> None:
     parser.add_argument("label", help="printed first: which code this run measures")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--fractions", type=int, nargs="+", default=[0, 10, 25],
+                        help="masked percent of the M2AS block's grid")
     args = parser.parse_args()
     return_freed_memory_promptly()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     with torch.inference_mode():
-        lines = m2as_times(args.repeats) + naf_times(args.repeats)
+        lines = m2as_times(args.repeats, args.fractions) + naf_times(args.repeats)
     print(args.label, " | ".join(lines), flush=True)
 
 

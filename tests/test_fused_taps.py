@@ -137,6 +137,7 @@ def test_a_failed_build_warns_once_and_the_pytorch_ops_run(fresh_kernel, tmp_pat
     fresh_kernel.setattr(fused_taps, "_build", unbuildable)
     with pytest.warns(RuntimeWarning, match="no C.. compiler.*PyTorch ops instead"):
         assert fused_taps.kernel() is None
+    assert fused_taps.status() == "unavailable (OSError: no C++ compiler)"
     rows, corner_rows, corner_weights, weight, bias, border = taps_case(8)
     with torch.inference_mode():
         out = bias.expand(300, -1).clone()
