@@ -1,17 +1,21 @@
-"""A compiled CPU kernel for the deformable taps at inference, built on first use.
+"""An opt-in compiled CPU kernel for the deformable taps at inference, built on first use.
 
 :func:`m2ae_core.deform.accumulate_taps` reads, for each masked pixel, nine taps of four
 bilinear corners each. In PyTorch ops that is nine ``embedding_bag`` gathers and nine
 multiply-adds per chunk of pixels; the same sums written as one C++ loop over pixels (all taps
-and corners of a pixel while its accumulator stays in registers) took a quarter of the time on
-a `paper` stage-4 block at 2152x1436 (session 27, ``docs/results/s27/``). Same values up to
+and corners of a pixel while its accumulator stays in cache) take a quarter of the time on a
+`paper` stage-4 block at 2152x1436 (session 27, ``docs/results/s27/``). Same values up to
 float rounding.
 
-The kernel is built with ``torch.utils.cpp_extension`` (a C++ compiler with OpenMP, and
-ninja) into ``$M2AE_KERNEL_CACHE`` (default ``~/.cache/m2ae/kernels``), once per source, torch
-version and CPU, and loaded from there afterwards (without importing the build tools). Where it
-cannot be built, the PyTorch ops run instead, with one warning. ``M2AE_FUSED_TAPS``: ``auto``
-(default), ``off`` (never build or use it), ``on`` (fail loudly when it cannot be built).
+**Off by default**: DESIGN.md §2 asks for the deformable conv in pure PyTorch ops, with no
+compiled extension, so the library's default path stays that. ``M2AE_FUSED_TAPS``: ``off``
+(default), ``auto`` (use it where it can be built; the PyTorch ops otherwise, with one
+warning), ``on`` (fail loudly when it cannot be built).
+
+The kernel is built with ``torch.utils.cpp_extension`` (a C++ compiler with OpenMP, and the
+``ninja`` package: ``pip install "m2ae[kernel]"``) into ``$M2AE_KERNEL_CACHE`` (default
+``~/.cache/m2ae/kernels``), once per source, torch version and CPU, and loaded from there
+afterwards without importing the build tools.
 """
 from __future__ import annotations
 
@@ -109,10 +113,10 @@ void accumulate_taps(torch::Tensor out, torch::Tensor rows, torch::Tensor corner
 
 
 def _switch() -> str:
-    value = os.environ.get(ENV_SWITCH, "auto").strip().lower()
-    if value in ("", "auto"):
+    value = os.environ.get(ENV_SWITCH, "off").strip().lower()
+    if value == "auto":
         return "auto"
-    if value in ("0", "off", "false", "no"):
+    if value in ("", "0", "off", "false", "no"):
         return "off"
     if value in ("1", "on", "true", "yes"):
         return "on"
@@ -199,7 +203,7 @@ def kernel():
         _failures.append(f"{type(exc).__name__}: {exc}".splitlines()[0][:200])
         message = (f"the fused deformable-tap kernel could not be built or loaded ({exc}). "
                    f"M2AE uses PyTorch ops instead (same results, slower on masked pixels). "
-                   f"Set {ENV_SWITCH}=off to skip the attempt")
+                   f"Unset {ENV_SWITCH} to skip the attempt")
         if switch == "on":
             raise RuntimeError(message) from exc
         warnings.warn(message, RuntimeWarning, stacklevel=2)
@@ -210,7 +214,7 @@ def status() -> str:
     """One line for reports: whether the kernel runs here, and why not."""
     switch = _switch()
     if switch == "off":
-        return f"off ({ENV_SWITCH}=off)"
+        return f"off (the default; {ENV_SWITCH}=auto or on turns it on)"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module = kernel()

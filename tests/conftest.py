@@ -10,18 +10,6 @@ SHARED_DATA = Path(os.environ.get("M2AE_SHARED_DATA", REPO.parent / "shared" / "
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
-def pytest_sessionstart(session):
-    """Build the compiled tap kernel once, before any test: later tests (and the commands
-    they start) then load it instead of building it inside a timed or output-checked call.
-    Where it cannot be built, the PyTorch ops run and the kernel's own tests skip."""
-    import warnings
-
-    from m2ae_core import fused_taps
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fused_taps.kernel()
-
 
 def load_script(name: str):
     """Import ``scripts/<name>.py`` (the scripts folder is not a package)."""

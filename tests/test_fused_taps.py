@@ -11,14 +11,20 @@ from m2ae_core import deform, fused_taps
 from m2ae_core.deform import accumulate_taps, sample_corners
 
 
-@pytest.fixture
-def fresh_kernel(monkeypatch):
-    """kernel() is cached per process: start and end each test that changes its switches
-    with an empty cache."""
+@pytest.fixture(autouse=True)
+def switched_on(monkeypatch):
+    """The kernel is opt-in: these tests switch it on (``auto``) unless they say otherwise.
+    kernel() is cached per process, so the cache is emptied before and after each test."""
+    monkeypatch.setenv(fused_taps.ENV_SWITCH, "auto")
     fused_taps.kernel.cache_clear()
-    yield monkeypatch
+    yield
     monkeypatch.undo()
     fused_taps.kernel.cache_clear()
+
+
+@pytest.fixture
+def fresh_kernel(monkeypatch):
+    return monkeypatch
 
 
 def built_kernel():
@@ -114,11 +120,20 @@ def test_kernel_is_not_used_where_it_does_not_apply(case):
         assert torch.equal(out, before)
 
 
-def test_switched_off_it_is_neither_built_nor_used(fresh_kernel):
-    fresh_kernel.setenv(fused_taps.ENV_SWITCH, "off")
+@pytest.mark.parametrize("value", [None, "off", "0"])
+def test_switched_off_it_is_neither_built_nor_used(fresh_kernel, value):
+    """Off is the default (DESIGN §2: pure PyTorch ops)."""
+    if value is None:
+        fresh_kernel.delenv(fused_taps.ENV_SWITCH)
+    else:
+        fresh_kernel.setenv(fused_taps.ENV_SWITCH, value)
     fresh_kernel.setattr(fused_taps, "_build", lambda name: pytest.fail("built while off"))
     assert fused_taps.kernel() is None
     assert fused_taps.status().startswith("off")
+    rows, corner_rows, corner_weights, weight, bias, _ = taps_case(8)
+    with torch.inference_mode():
+        assert not fused_taps.accumulate_taps(bias.expand(300, -1).clone(), rows, corner_rows,
+                                              corner_weights, weight.t().contiguous(), None)
 
 
 def test_an_unknown_switch_value_is_refused(fresh_kernel):
@@ -185,3 +200,32 @@ def test_deform_takes_the_kernel_at_inference(monkeypatch):
     with torch.inference_mode():
         accumulate_taps(bias.expand(300, -1).clone(), rows, corner_rows, corner_weights, weight)
     assert calls == [False]
+
+
+@pytest.mark.parametrize("mask_kind", ["blob", "border"])
+def test_network_with_the_kernel_equals_the_dense_network_in_bands(monkeypatch, mask_kind):
+    """The whole pruned network, its M2AS blocks in bands (taps from the table, corners
+    outside the image on its border row), with the kernel: equal to the dense formula."""
+    built_kernel()
+    from conftest import randomize_
+    from m2ae_core import banded, build_model
+
+    model = randomize_(build_model("small", width=8), seed=3).eval()
+    x = torch.rand(1, 3, 64, 80)
+    mask = torch.zeros(1, 1, 64, 80, dtype=torch.bool)
+    if mask_kind == "blob":
+        mask[:, :, 10:40, 20:60] = True
+    else:  # touching the image's edges: taps leave the image
+        mask[:, :, :12, :] = True
+        mask[:, :, :, -10:] = True
+    calls = []
+    real = fused_taps.accumulate_taps
+    monkeypatch.setattr(deform.fused_taps, "accumulate_taps",
+                        lambda *args: calls.append(real(*args)) or calls[-1])
+    monkeypatch.setattr(banded, "CPU_BAND_BYTES", 1)  # bands of a few rows
+    with torch.inference_mode():
+        pruned = model(x, mask=mask, pruned=True).image
+        dense = model(x, mask=mask, pruned=False).image
+    assert calls and all(calls)  # the kernel did the taps
+    # fp32 rounding leaves ~4e-7 here; taps off by 0.1 % would leave ~2e-5
+    assert (pruned - dense).abs().max() <= 5e-6
