@@ -228,8 +228,7 @@ def applies(out: torch.Tensor, rows: torch.Tensor, corner_weights: torch.Tensor)
     return (out.device.type == "cpu" and rows.device.type == "cpu"
             and out.dtype == rows.dtype == corner_weights.dtype == torch.float32
             and not torch.is_grad_enabled()
-            and out.stride(-1) == 1 and rows.stride(-1) == 1
-            and corner_weights.stride(-1) == 1 and corner_weights.stride(-2) == 4)
+            and out.stride(-1) == 1 and rows.stride(-1) == 1)
 
 
 def accumulate_taps(out: torch.Tensor, rows: torch.Tensor, corner_rows: torch.Tensor,
@@ -242,8 +241,11 @@ def accumulate_taps(out: torch.Tensor, rows: torch.Tensor, corner_rows: torch.Te
     module = kernel()
     if module is None:
         return False
+    # [taps, q, 4] slices of [taps, Q, 4] keep each pixel's corners together: used as they are
     if corner_rows.stride(-1) != 1 or corner_rows.stride(-2) != 4:
         corner_rows = corner_rows.contiguous()
+    if corner_weights.stride(-1) != 1 or corner_weights.stride(-2) != 4:
+        corner_weights = corner_weights.contiguous()
     module.accumulate_taps(out, rows, corner_rows, corner_weights, tap_weights.contiguous(),
                            None if border is None else border.float().contiguous())
     return True

@@ -1,6 +1,6 @@
 """Where a model's first forward pages in shared-library code (file-backed RSS), by module.
 
-Session 27 probe. Run: PYTHONPATH=.:scripts python docs/results/code-pages-s27/file_pages.py MODEL
+Session 27 probe. Run: PYTHONPATH=.:scripts python docs/results/s27/file_pages.py MODEL
 Prints the modules whose call grew RssFile by >= 0.1 MiB (children counted in their
 parents too: read the leaves) and, after the forward, file-backed RSS by mapped file.
 """

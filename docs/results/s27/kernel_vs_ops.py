@@ -7,6 +7,7 @@ random trajectories (start and end of standard deviation 3 px), corners outside 
 a border row. Both paths take turns; median ms of 10 calls after two, and their largest
 difference.
 """
+import os
 import statistics
 import time
 
@@ -17,6 +18,7 @@ from m2ae_core.benchmark.workload import blob_mask
 from m2ae_core.deform import accumulate_taps, sample_corners
 from m2ae_core.memory import return_freed_memory_promptly
 
+os.environ.setdefault(fused_taps.ENV_SWITCH, "auto")  # the kernel is opt-in
 return_freed_memory_promptly()
 torch.set_num_threads(2)
 torch.manual_seed(0)

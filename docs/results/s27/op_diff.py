@@ -1,6 +1,7 @@
 """Which ops a pruned forward spends its extra time in, blur fraction F against 0 % (one process).
 
-Session 27. Run: GLIBC_TUNABLES=glibc.malloc.hugetlb=1 OMP_NUM_THREADS=2 PYTHONPATH=.:scripts \
+Session 27 (its outputs here ran with the tap kernel on: prefix M2AE_FUSED_TAPS=auto
+to repeat them). Run: GLIBC_TUNABLES=glibc.malloc.hugetlb=1 OMP_NUM_THREADS=2 PYTHONPATH=.:scripts \
     python docs/results/s27/op_diff.py paper-pruned 25 [100 ...]
 One warm-up forward per setting, then one profiled forward (torch.profiler, self CPU time by
 op); prints the ops whose self time grew most against the 0 % forward.

@@ -1,6 +1,6 @@
 """Which aten ops of a model's first forward page in shared-library code (RssFile growth).
 
-Session 27 probe. Run: PYTHONPATH=.:scripts python docs/results/code-pages-s27/op_pages.py MODEL
+Session 27 probe. Run: PYTHONPATH=.:scripts python docs/results/s27/op_pages.py MODEL
 Also measures the inputs' preparation (the bench's blob mask) the same way.
 """
 from __future__ import annotations

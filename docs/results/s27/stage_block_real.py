@@ -1,6 +1,7 @@
 """One M2AS block of `paper`'s stage 4 on the network's own inputs (2152x1436), by blur share.
 
-Session 27. Run: GLIBC_TUNABLES=glibc.malloc.hugetlb=1 OMP_NUM_THREADS=2 PYTHONPATH=.:scripts \
+Session 27 (its outputs here ran with the tap kernel on: prefix M2AE_FUSED_TAPS=auto
+to repeat them). Run: GLIBC_TUNABLES=glibc.malloc.hugetlb=1 OMP_NUM_THREADS=2 PYTHONPATH=.:scripts \
     python docs/results/s27/stage_block_real.py 0 10 25 50 100
 For each share: one forward of the benchmark's pruned model records the stage-4 input, mask and
 trajectories; then block 0 runs on them repeatedly (fresh workspace each time, like the first
