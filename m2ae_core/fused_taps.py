@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 
+from .procfs import cpuinfo_field
+
 ENV_SWITCH = "M2AE_FUSED_TAPS"
 ENV_CACHE = "M2AE_KERNEL_CACHE"
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp")
@@ -126,14 +128,7 @@ def _switch() -> str:
 def _cpu_flags() -> str:
     """The CPU's instruction-set flags: a kernel built with -march=native is tied to them
     (a cache directory shared between different machines must not mix kernels)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as lines:
-            for line in lines:
-                if line.startswith("flags"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpuinfo_field("flags") or platform.processor() or platform.machine()
 
 
 def module_name() -> str:

@@ -12,11 +12,11 @@ float32 there; on GPUs it stays float32 too (reduced precision there is unmeasur
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import torch
 
 from .errors import ConfigError
+from .procfs import cpuinfo_field
 
 AUTO = "auto"
 
@@ -35,15 +35,8 @@ _NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """True when the CPU's flags list AVX512-BF16 or AMX-BF16 (Linux; False where
     ``cpuinfo`` cannot be read, e.g. macOS and Windows)."""
-    try:
-        text = Path(cpuinfo).read_text(errors="replace")
-    except OSError:
-        return False
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return not _NATIVE_BF16_FLAGS.isdisjoint(value.split())
-    return False
+    flags = cpuinfo_field("flags", cpuinfo)
+    return flags is not None and not _NATIVE_BF16_FLAGS.isdisjoint(flags.split())
 
 
 def auto_dtype(device: torch.device) -> torch.dtype:

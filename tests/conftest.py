@@ -10,7 +10,6 @@ SHARED_DATA = Path(os.environ.get("M2AE_SHARED_DATA", REPO.parent / "shared" / "
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
-
 def load_script(name: str):
     """Import ``scripts/<name>.py`` (the scripts folder is not a package)."""
     import importlib.util

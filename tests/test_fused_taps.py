@@ -22,11 +22,6 @@ def switched_on(monkeypatch):
     fused_taps.kernel.cache_clear()
 
 
-@pytest.fixture
-def fresh_kernel(monkeypatch):
-    return monkeypatch
-
-
 def built_kernel():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the skip below gives the reason
@@ -54,10 +49,11 @@ def taps_case(channels: int, pixels: int = 300, height: int = 23, width: int = 3
 
 
 def reference_taps(monkeypatch, out, *args):
-    """accumulate_taps through the PyTorch ops (the kernel switched away)."""
-    monkeypatch.setattr(fused_taps, "kernel", lambda: None)
-    accumulate_taps(out, *args)
-    monkeypatch.undo()
+    """accumulate_taps through the PyTorch ops (the kernel switched away for this call only;
+    the test's other patches, the switch among them, stay)."""
+    with monkeypatch.context() as patch:
+        patch.setattr(fused_taps, "kernel", lambda: None)
+        accumulate_taps(out, *args)
     return out
 
 
@@ -90,7 +86,8 @@ def test_kernel_reads_a_slice_of_the_pixels_and_a_border_row_of_the_table(monkey
     with torch.inference_mode():
         expected = reference_taps(monkeypatch, bias.expand(120, -1).clone(), *args)
         out = bias.expand(120, -1).clone()
-        accumulate_taps(out, *args)  # the kernel's path
+        assert fused_taps.accumulate_taps(out, args[0], args[1], args[2],
+                                          weight.t().contiguous(), None)  # the kernel ran
     assert (out - expected).abs().max() <= 2e-5 * expected.abs().max()
 
 
@@ -121,13 +118,13 @@ def test_kernel_is_not_used_where_it_does_not_apply(case):
 
 
 @pytest.mark.parametrize("value", [None, "off", "0"])
-def test_switched_off_it_is_neither_built_nor_used(fresh_kernel, value):
+def test_switched_off_it_is_neither_built_nor_used(monkeypatch, value):
     """Off is the default (DESIGN §2: pure PyTorch ops)."""
     if value is None:
-        fresh_kernel.delenv(fused_taps.ENV_SWITCH)
+        monkeypatch.delenv(fused_taps.ENV_SWITCH)
     else:
-        fresh_kernel.setenv(fused_taps.ENV_SWITCH, value)
-    fresh_kernel.setattr(fused_taps, "_build", lambda name: pytest.fail("built while off"))
+        monkeypatch.setenv(fused_taps.ENV_SWITCH, value)
+    monkeypatch.setattr(fused_taps, "_build", lambda name: pytest.fail("built while off"))
     assert fused_taps.kernel() is None
     assert fused_taps.status().startswith("off")
     rows, corner_rows, corner_weights, weight, bias, _ = taps_case(8)
@@ -136,8 +133,8 @@ def test_switched_off_it_is_neither_built_nor_used(fresh_kernel, value):
                                               corner_weights, weight.t().contiguous(), None)
 
 
-def test_an_unknown_switch_value_is_refused(fresh_kernel):
-    fresh_kernel.setenv(fused_taps.ENV_SWITCH, "sometimes")
+def test_an_unknown_switch_value_is_refused(monkeypatch):
+    monkeypatch.setenv(fused_taps.ENV_SWITCH, "sometimes")
     with pytest.raises(ValueError, match="auto, on or off"):
         fused_taps.kernel()
 
@@ -146,10 +143,10 @@ def unbuildable(name):
     raise OSError("no C++ compiler")
 
 
-def test_a_failed_build_warns_once_and_the_pytorch_ops_run(fresh_kernel, tmp_path):
-    fresh_kernel.setenv(fused_taps.ENV_SWITCH, "auto")
-    fresh_kernel.setenv(fused_taps.ENV_CACHE, str(tmp_path))
-    fresh_kernel.setattr(fused_taps, "_build", unbuildable)
+def test_a_failed_build_warns_once_and_the_pytorch_ops_run(monkeypatch, tmp_path):
+    monkeypatch.setenv(fused_taps.ENV_SWITCH, "auto")
+    monkeypatch.setenv(fused_taps.ENV_CACHE, str(tmp_path))
+    monkeypatch.setattr(fused_taps, "_build", unbuildable)
     with pytest.warns(RuntimeWarning, match="no C.. compiler.*PyTorch ops instead"):
         assert fused_taps.kernel() is None
     assert fused_taps.status() == "unavailable (OSError: no C++ compiler)"
@@ -160,21 +157,21 @@ def test_a_failed_build_warns_once_and_the_pytorch_ops_run(fresh_kernel, tmp_pat
     assert (out - bias).abs().max() > 0.1  # the taps were still added
 
 
-def test_a_failed_build_is_an_error_when_the_kernel_is_required(fresh_kernel, tmp_path):
-    fresh_kernel.setenv(fused_taps.ENV_SWITCH, "on")
-    fresh_kernel.setenv(fused_taps.ENV_CACHE, str(tmp_path))
-    fresh_kernel.setattr(fused_taps, "_build", unbuildable)
+def test_a_failed_build_is_an_error_when_the_kernel_is_required(monkeypatch, tmp_path):
+    monkeypatch.setenv(fused_taps.ENV_SWITCH, "on")
+    monkeypatch.setenv(fused_taps.ENV_CACHE, str(tmp_path))
+    monkeypatch.setattr(fused_taps, "_build", unbuildable)
     with pytest.raises(RuntimeError, match="could not be built"):
         fused_taps.kernel()
 
 
-def test_a_built_kernel_is_loaded_from_the_cache_without_building(fresh_kernel, tmp_path):
+def test_a_built_kernel_is_loaded_from_the_cache_without_building(monkeypatch, tmp_path):
     built_kernel()
     built = fused_taps._built_file(fused_taps.module_name())
-    fresh_kernel.setenv(fused_taps.ENV_CACHE, str(tmp_path))
+    monkeypatch.setenv(fused_taps.ENV_CACHE, str(tmp_path))
     fused_taps.kernel.cache_clear()
     shutil.copyfile(built, fused_taps._built_file(fused_taps.module_name()))
-    fresh_kernel.setattr(fused_taps, "_build", lambda name: pytest.fail("rebuilt"))
+    monkeypatch.setattr(fused_taps, "_build", lambda name: pytest.fail("rebuilt"))
     assert fused_taps.kernel() is not None
     assert str(tmp_path) in fused_taps.status()
 
@@ -186,21 +183,22 @@ def test_each_cpu_gets_its_own_build(monkeypatch):
     assert fused_taps.module_name() != first
 
 
-def test_deform_takes_the_kernel_at_inference(monkeypatch):
-    """accumulate_taps hands float32 inference calls to the kernel (and none in training)."""
-    calls = []
+def test_deform_takes_the_kernel_at_inference_only(monkeypatch):
+    """accumulate_taps hands float32 inference calls to the kernel; under autograd the kernel
+    declines (it has no backward) and the PyTorch ops run."""
+    built_kernel()
+    taken = []
     real = fused_taps.accumulate_taps
-
-    def counting(*args):
-        calls.append(torch.is_grad_enabled())
-        return real(*args)
-
-    monkeypatch.setattr(deform.fused_taps, "accumulate_taps", counting)
+    monkeypatch.setattr(deform.fused_taps, "accumulate_taps",
+                        lambda *args: taken.append(real(*args)) or taken[-1])
     rows, corner_rows, corner_weights, weight, bias, _ = taps_case(8)
     with torch.inference_mode():
         accumulate_taps(bias.expand(300, -1).clone(), rows, corner_rows, corner_weights, weight)
-    assert calls == [False]
-
+    weight.requires_grad_(True)
+    out = bias.expand(300, -1).clone()
+    accumulate_taps(out, rows, corner_rows, corner_weights, weight)
+    assert taken == [True, False]
+    assert out.requires_grad  # the ops' result, with a gradient towards the weights
 
 @pytest.mark.parametrize("mask_kind", ["blob", "border"])
 def test_network_with_the_kernel_equals_the_dense_network_in_bands(monkeypatch, mask_kind):

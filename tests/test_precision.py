@@ -4,6 +4,7 @@ import torch
 
 from m2ae_core import precision
 from m2ae_core.errors import ConfigError
+from m2ae_core.procfs import cpuinfo_field
 
 CPUINFO = """processor\t: 0
 vendor_id\t: AuthenticAMD
@@ -18,6 +19,16 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, extra, native):
     info = tmp_path / f"cpuinfo{len(extra)}{native}"
     info.write_text(CPUINFO.format(extra=extra))
     assert precision.cpu_has_native_bf16(str(info)) is native
+
+
+def test_cpuinfo_field_reads_the_first_cpus_whole_value(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) @ 2.30GHz: rev 2\n"
+                    "flags\t\t: fpu sse2\n\nprocessor\t: 1\nmodel name\t: other\n")
+    assert cpuinfo_field("model name", str(info)) == "Intel(R) Xeon(R) @ 2.30GHz: rev 2"
+    assert cpuinfo_field("flags", str(info)) == "fpu sse2"
+    assert cpuinfo_field("flag", str(info)) is None  # whole keys only
+    assert cpuinfo_field("flags", str(tmp_path / "absent")) is None
 
 
 def test_unreadable_cpuinfo_means_no_native_bf16(tmp_path):

@@ -8,18 +8,12 @@ import statistics
 import sys
 import time
 
-from ..procfs import kib_field_bytes
+from ..procfs import cpuinfo_field, kib_field_bytes
 
 
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
+    return (cpuinfo_field("model name") or platform.processor() or platform.machine()
+            or "unknown")
 
 
 def machine_info(device: str, threads: int | None) -> dict:
