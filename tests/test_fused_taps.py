@@ -200,6 +200,7 @@ def test_deform_takes_the_kernel_at_inference_only(monkeypatch):
     assert taken == [True, False]
     assert out.requires_grad  # the ops' result, with a gradient towards the weights
 
+
 @pytest.mark.parametrize("mask_kind", ["blob", "border"])
 def test_network_with_the_kernel_equals_the_dense_network_in_bands(monkeypatch, mask_kind):
     """The whole pruned network, its M2AS blocks in bands (taps from the table, corners

@@ -15,7 +15,6 @@ import time
 import torch
 
 from forward_setup import add_forward_arguments, prepare_forward
-import m2ae_core.memory as memory
 import m2ae_core.network as network
 
 STAGES = ("intro", "encoders.0", "encoders.1", "encoders.2", "encoders.3", "middle_blks",
